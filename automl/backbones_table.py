@@ -1,0 +1,26 @@
+"""`automl backbones`: the registry as a table, with where each backbone's weights come from."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from automl.backbones import REGISTRY
+from automl.errors import WeightsError
+from automl.weights import WeightsResolver
+
+
+def backbones_table(weights_dir: str | None = None) -> pd.DataFrame:
+    """One row per backbone; answers offline in seconds (no conversion, no download attempt
+    beyond one short reachability probe)."""
+    resolver = WeightsResolver(None, weights_dir)
+    rows = []
+    for spec in REGISTRY.values():
+        try:
+            source = resolver.resolve(spec, spec.default_size, convert=False)
+            where, available, reason = source.detail, "yes", ""
+        except WeightsError as exc:
+            where, available, reason = "-", "no", str(exc).split(": ", 1)[-1].split(". ")[0]
+        rows.append({"name": spec.name, "family": spec.family, "default_size": spec.default_size,
+                     "min_size": spec.min_size, "params": f"{spec.params / 1e6:.1f}M",
+                     "weights_from": where, "available": available, "reason": reason})
+    return pd.DataFrame(rows)

@@ -1,0 +1,216 @@
+"""The `automl` command: parse, call the library, print. No TensorFlow import at module level."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from automl.errors import AutoMLError
+
+log = logging.getLogger("automl")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="automl", description="Search transfer-learning image "
+                                "classifiers (pretrained Keras backbones + Optuna).")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="run (or resume) a search")
+    s.add_argument("--space", help="search space YAML (default: search_spaces/default.yaml)")
+    s.add_argument("--data", help="class-folder directory, train/validation directory, .npz, or "
+                   "cifar10|cifar100|mnist|fashion_mnist (default: embedded Animal-MNIST)")
+    _study_args(s)
+    s.add_argument("--trials", type=int, default=50, help="finished trials the study ends with")
+    s.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    s.add_argument("--pruner", default="median", choices=["median", "hyperband", "halving",
+                                                          "none"])
+    s.add_argument("--epochs", type=int, default=10, help="max epochs of the head phase")
+    s.add_argument("--fine-tune-epochs", type=int, default=10,
+                   help="max epochs of the fine-tuning phase")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--val-split", type=float, default=0.15)
+    s.add_argument("--test-split", type=float, default=0.15)
+    s.add_argument("--no-feature-cache", action="store_true",
+                   help="run the frozen backbone live in every epoch (slow; for comparison)")
+    s.add_argument("--cache-memory", type=int, default=2048, metavar="MB",
+                   help="memory for cached backbone activations")
+    s.add_argument("--keep-weights", type=int, default=5, metavar="N",
+                   help="keep the weights of the best N trials")
+    s.add_argument("--weights", help="'none' for random initialisation, or a weights file")
+    s.add_argument("--weights-dir", help="folder of Keras weights files (named as Keras does)")
+    s.add_argument("--quiet", action="store_true", help="only warnings and the final summary")
+
+    lb = sub.add_parser("leaderboard", help="print a study's leaderboard")
+    _study_args(lb)
+    lb.add_argument("--top", type=int, default=10)
+    lb.add_argument("--csv", help="write the full leaderboard to this CSV file")
+    lb.add_argument("--summary-csv", help="write the per-backbone summary to this CSV file")
+
+    e = sub.add_parser("export", help="export the best (or a given) trial as a SavedModel")
+    _study_args(e)
+    e.add_argument("--trial", type=int, help="trial number (default: the best)")
+    e.add_argument("--out", required=True, help="output folder")
+
+    pr = sub.add_parser("predict", help="classify image files with an exported model")
+    pr.add_argument("model_dir")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--top", type=int, default=1)
+    pr.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("backbones", help="list the backbones and where their weights come from")
+    b.add_argument("--weights-dir", help="folder of Keras weights files to consider")
+    return p
+
+
+def _study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", default="results", help="results folder (default: results)")
+    p.add_argument("--study", default="default", help="study name (default: default)")
+    p.add_argument("--storage", help="Optuna storage URL (default: SQLite in the study folder)")
+
+
+_TF_NOISE = ("cudart_stub", "cuInit", "cuda_platform", "absl::InitializeLog", "oneDNN",
+             "cpu_feature_guard", "TF_ENABLE_ONEDNN_OPTS", "rebuild TensorFlow")
+
+
+def _quiet_tensorflow() -> None:
+    """Import TensorFlow with its start-up chatter about missing GPUs filtered out of stderr."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    import tempfile
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+            tf.get_logger().setLevel(logging.ERROR)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        for line in capture.read().decode(errors="replace").splitlines():
+            if line.strip() and not any(noise in line for noise in _TF_NOISE):
+                print(line, file=sys.stderr)
+
+
+def cmd_search(a: argparse.Namespace) -> int:
+    from automl.config import RunConfig
+    from automl.search import SearchRequest, run_search
+
+    run = RunConfig(epochs=a.epochs, fine_tune_epochs=a.fine_tune_epochs,
+                    batch_size=a.batch_size, seed=a.seed, feature_cache=not a.no_feature_cache,
+                    cache_memory_mb=a.cache_memory, keep_weights=a.keep_weights,
+                    weights=a.weights, weights_dir=a.weights_dir)
+    req = SearchRequest(space=a.space, data=a.data, results=a.results, study=a.study,
+                        storage=a.storage, trials=a.trials, timeout=a.timeout, pruner=a.pruner,
+                        val_split=a.val_split, test_split=a.test_split, run=run)
+    echo = (lambda _line: None) if a.quiet else print
+    study = run_search(req, echo=lambda line: echo(line) or sys.stdout.flush())
+    _print_board(a, study, top=5)
+    return 0
+
+
+def _print_board(a: argparse.Namespace, study: object, top: int) -> None:
+    import pandas as pd
+
+    from automl import leaderboard
+
+    board = leaderboard.from_study(study)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        cols = ["trial", "state", "val_accuracy", "test_accuracy", "backbone", "image_size",
+                "freeze_depth", "head_width", "dropout", "learning_rate", "augmentation",
+                "epochs", "train_seconds"]
+        print(board[cols].head(top).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print()
+        print(leaderboard.summary(board).to_string(index=False,
+                                                   float_format=lambda v: f"{v:.4g}"))
+    print(f"\nleaderboard: {Path(a.results) / a.study / 'leaderboard.csv'}")
+
+
+def cmd_leaderboard(a: argparse.Namespace) -> int:
+    from automl import leaderboard
+    from automl.study import open_study
+
+    study = open_study(Path(a.results), a.study, a.storage, create=False)
+    board = leaderboard.from_study(study)
+    if a.csv:
+        leaderboard.write_csv(board, a.csv)
+    if a.summary_csv:
+        leaderboard.write_csv(leaderboard.summary(board), a.summary_csv)
+    _print_board(a, study, top=a.top)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from automl.export import export_study
+
+    report = export_study(Path(a.results), a.study, a.storage, a.trial, Path(a.out))
+    test = ""
+    if report.reloaded_test_accuracy is not None:
+        test = (f", test accuracy {report.reloaded_test_accuracy:.4f} reloaded"
+                f" (recorded {report.recorded_test_accuracy:.4f})"
+                if report.recorded_test_accuracy is not None else "")
+    print(f"exported trial {report.trial} (val accuracy {report.val_accuracy:.4f}{test}) to "
+          f"{report.out}; reload check passed (max difference {report.max_abs_diff:.2g})")
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from automl.export import predict_files
+
+    results = predict_files(Path(a.model_dir), a.images, top=a.top)
+    if a.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+        return 0
+    for item in results:
+        preds = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in item["predictions"])
+        print(f"{item['file']}: {preds}")
+    return 0
+
+
+def cmd_backbones(a: argparse.Namespace) -> int:
+    from automl.backbones_table import backbones_table
+
+    print(backbones_table(a.weights_dir).to_string(index=False))
+    return 0
+
+
+COMMANDS = {"search": cmd_search, "leaderboard": cmd_leaderboard, "export": cmd_export,
+            "predict": cmd_predict, "backbones": cmd_backbones}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s: %(message)s")
+    logging.getLogger("automl").setLevel(logging.DEBUG if args.debug else logging.INFO)
+    try:
+        _quiet_tensorflow()
+        return COMMANDS[args.command](args)
+    except AutoMLError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished trials are kept; run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Search drivers: each translates the space and schedules trials; the trial itself is shared."""

@@ -1,0 +1,141 @@
+"""The Optuna driver: translate the space into suggestions and run trials until N are finished."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import optuna
+
+from automl.config import TrialConfig
+from automl.errors import AutoMLError, ConfigError, DataError, TrialFailed, WeightsError
+from automl.objective import SearchContext, TrialResult, run_trial
+from automl.space import Categorical, Fixed, FloatRange, IntRange, SearchSpace
+from automl.train import TrainLog
+
+log = logging.getLogger("automl")
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+MAX_CONSECUTIVE_FAILURES = 5
+
+
+class SearchStopped(AutoMLError):
+    """The search cannot go on (e.g. too many consecutive failures)."""
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    """The Optuna pruner behind ``--pruner``."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"--pruner {name!r}: expected one of median, hyperband, halving, none.")
+
+
+def suggest(space: SearchSpace, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+    """Sample one point of ``space`` through an Optuna trial (fixed values are not suggested)."""
+    params: dict[str, Any] = {}
+    for name, p in space.params.items():
+        if isinstance(p, Fixed):
+            params[name] = p.value
+        elif isinstance(p, Categorical):
+            params[name] = trial.suggest_categorical(name, list(p.choices))
+        elif isinstance(p, IntRange):
+            params[name] = trial.suggest_int(name, p.low, p.high, step=p.step, log=p.log)
+        elif isinstance(p, FloatRange):
+            params[name] = trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
+    return params
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def recover_stale(study: optuna.Study) -> list[int]:
+    """Mark trials left RUNNING by a process that died (kill -9, power cut) as failed."""
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for frozen in stale:
+        study._storage.set_trial_user_attr(frozen._trial_id, "reason",
+                                           "the process running it stopped (killed or crashed)")
+        study._storage.set_trial_user_attr(frozen._trial_id, "state_detail", "INTERRUPTED")
+        study._storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.FAIL)
+    return [t.number for t in stale]
+
+
+def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials: int,
+        timeout: float | None, on_trial_end: Callable[[optuna.Study, Any], None]) -> int:
+    """Run trials until ``n_trials`` are finished (COMPLETE or PRUNED); return how many ran."""
+    failures, ran, start = 0, 0, time.monotonic()
+    while finished_count(study) < n_trials:
+        if timeout is not None and time.monotonic() - start >= timeout:
+            log.warning("--timeout %ss reached: no new trial is started", timeout)
+            break
+        trial = study.ask()
+        ran += 1
+        state = _run_one(space, ctx, study, trial)
+        gc.collect()
+        on_trial_end(study, study.get_trials(deepcopy=False)[trial.number])
+        failures = failures + 1 if state == optuna.trial.TrialState.FAIL else 0
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            last = study.get_trials(deepcopy=False)[trial.number].user_attrs.get("reason", "")
+            raise SearchStopped(f"{failures} trials failed in a row; the search stops. "
+                                f"Last reason: {last}")
+    return ran
+
+
+def _run_one(space: SearchSpace, ctx: SearchContext, study: optuna.Study,
+             trial: optuna.Trial) -> optuna.trial.TrialState:
+    """Run one asked trial and tell Optuna how it ended."""
+    config = TrialConfig.from_params(suggest(space, trial))
+    trial.set_user_attr("config", config.as_dict())
+    train_log = TrainLog()
+
+    def report(epoch: int, row: dict[str, float]) -> None:
+        trial.report(row["val_accuracy"], epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    try:
+        result = run_trial(config, ctx, trial.number, report, train_log)
+    except optuna.TrialPruned:
+        trial.set_user_attr("history", train_log.epochs)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return optuna.trial.TrialState.PRUNED
+    except KeyboardInterrupt:
+        _fail(study, trial, train_log, "interrupted by the user (Ctrl-C)", "INTERRUPTED")
+        raise
+    except (ConfigError, DataError, WeightsError) as exc:
+        _fail(study, trial, train_log, str(exc))
+        raise
+    except TrialFailed as exc:
+        _fail(study, trial, train_log, str(exc))
+        return optuna.trial.TrialState.FAIL
+    except Exception as exc:  # out of memory, a backbone that breaks at this size, ...
+        log.debug("trial %d failed", trial.number, exc_info=True)
+        _fail(study, trial, train_log, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+              if str(exc) else type(exc).__name__)
+        return optuna.trial.TrialState.FAIL
+    _record(trial, result)
+    study.tell(trial, result.val_accuracy)
+    return optuna.trial.TrialState.COMPLETE
+
+
+def _record(trial: optuna.Trial, result: TrialResult) -> None:
+    summary = {k: v for k, v in asdict(result).items() if k != "history"}
+    trial.set_user_attr("result", summary)
+    trial.set_user_attr("history", result.history)
+
+
+def _fail(study: optuna.Study, trial: optuna.Trial, train_log: TrainLog, reason: str,
+          detail: str = "FAIL") -> None:
+    trial.set_user_attr("history", train_log.epochs)
+    trial.set_user_attr("reason", reason)
+    trial.set_user_attr("state_detail", detail)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)

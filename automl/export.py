@@ -1,0 +1,222 @@
+"""Export a trial as a TensorFlow SavedModel (+ .keras + labels.txt) and predict with it.
+
+The SavedModel takes a batch of RGB images (uint8 or float, 0..255) of any height and width,
+resizes them inside the graph exactly as training did, and returns class probabilities in the
+order of ``labels.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from automl.config import TrialConfig
+from automl.errors import ConfigError
+
+SERVING_NOTE = "serving_default: images [batch, height, width, 3] float32 0..255 -> probabilities"
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What an export wrote and checked."""
+
+    out: Path
+    trial: int
+    val_accuracy: float
+    recorded_test_accuracy: float | None
+    reloaded_test_accuracy: float | None
+    max_abs_diff: float
+
+
+def pick_trial(board: Any, trial: int | None) -> Any:
+    """The leaderboard row to export: the best finished trial, or trial ``trial``."""
+    if board.empty or (board["state"] == "COMPLETE").sum() == 0:
+        raise ConfigError("the study has no finished (COMPLETE) trial to export yet; run "
+                          "`automl search` until at least one trial completes.")
+    if trial is None:
+        rows = board[(board["state"] == "COMPLETE") & board["weights_kept"]]
+        if rows.empty:
+            raise ConfigError("no finished trial has its weights kept; re-run the search.")
+        return rows.iloc[0]
+    rows = board[board["trial"] == trial]
+    if rows.empty:
+        raise ConfigError(f"--trial {trial}: the study has no trial {trial} (trials: "
+                          f"{', '.join(map(str, sorted(board['trial'].tolist())))}).")
+    row = rows.iloc[0]
+    if row["state"] != "COMPLETE":
+        raise ConfigError(f"--trial {trial}: that trial is {row['state']}, not COMPLETE; only a "
+                          "finished trial has weights to export.")
+    if not row["weights_kept"]:
+        raise ConfigError(f"--trial {trial}: its weights were not kept (only the best trials' "
+                          "are). Export one of the best trials, or re-run with --keep-weights.")
+    return row
+
+
+def build_trained(row: Any, class_names: list[str], weights_file: Path) -> Any:
+    """Rebuild a trial's inference model (same builder as the search) with its saved weights."""
+    from automl.backbones import get_spec
+    from automl.model import build_model, reset_keras
+
+    config = TrialConfig.from_params(row.to_dict())
+    reset_keras(0)
+    tm = build_model(config, get_spec(config.backbone), len(class_names), None)
+    tm.inference.load_weights(str(weights_file))
+    return tm
+
+
+def serving_module(inference: Any, image_size: int, n_classes: int) -> Any:
+    """A tf.Module whose __call__ resizes any RGB batch and returns class probabilities."""
+    import tensorflow as tf
+
+    binary = n_classes == 2
+
+    class Classifier(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = inference
+
+        def _probs(self, images: tf.Tensor) -> tf.Tensor:
+            x = tf.cast(images, tf.float32)
+            x = tf.image.resize(x, (image_size, image_size), method="bilinear")
+            x = tf.clip_by_value(tf.round(x), 0.0, 255.0)  # as the training pipeline stores it
+            p = self.model(x, training=False)
+            return tf.concat([1.0 - p, p], axis=-1) if binary else p
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        def __call__(self, images: tf.Tensor) -> tf.Tensor:
+            return self._probs(images)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+        def predict_uint8(self, images: tf.Tensor) -> tf.Tensor:
+            return self._probs(images)
+
+    return Classifier()
+
+
+def export_trial(row: Any, class_names: list[str], weights_file: Path, out: Path,
+                 check_images: np.ndarray, test: tuple[np.ndarray, np.ndarray] | None = None,
+                 ) -> ExportReport:
+    """Write ``out`` (SavedModel, model.keras, labels.txt, automl.json) and verify the round trip.
+
+    ``check_images`` (a few validation images, uint8 HxWx3) are predicted in memory and by the
+    reloaded SavedModel; any difference above 1e-4 fails the export and leaves ``out`` untouched.
+    ``test`` (images, labels) re-measures test accuracy with the reloaded model.
+    """
+    import tensorflow as tf
+
+    from automl.objective import scores
+
+    tm = build_trained(row, class_names, weights_file)
+    size = int(row["image_size"])
+    module = serving_module(tm.inference, size, len(class_names))
+    out = Path(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent.resolve()))
+    try:
+        tf.saved_model.save(module, str(staging), signatures={
+            "serving_default": module.__call__.get_concrete_function(),
+            "serving_uint8": module.predict_uint8.get_concrete_function()})
+        tm.inference.save(str(staging / "model.keras"))
+        (staging / "labels.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
+        meta = {"trial": int(row["trial"]), "config": TrialConfig.from_params(
+            row.to_dict()).as_dict(), "classes": class_names, "image_size": size,
+            "input": SERVING_NOTE}
+        (staging / "automl.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        expected = module(tf.constant(check_images, tf.float32)).numpy()
+        reloaded = tf.saved_model.load(str(staging))
+        got = reloaded(tf.constant(check_images, tf.float32)).numpy()
+        got8 = reloaded.predict_uint8(tf.constant(check_images, tf.uint8)).numpy()
+        diff = float(max(np.max(np.abs(expected - got)), np.max(np.abs(expected - got8))))
+        if not diff <= 1e-4:
+            raise ConfigError(f"export check failed: the reloaded SavedModel's predictions differ "
+                              f"from the trained model's by {diff:.3g}; nothing was written.")
+        reloaded_test = None
+        if test is not None:
+            probs = predict_batches(reloaded, test[0])
+            reloaded_test = scores(probs, test[1])[1]
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    recorded = row.get("test_accuracy")
+    return ExportReport(out, int(row["trial"]), float(row["val_accuracy"]),
+                        None if recorded is None or np.isnan(recorded) else float(recorded),
+                        reloaded_test, diff)
+
+
+def predict_batches(model: Any, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Probabilities of a reloaded SavedModel over many same-sized images."""
+    import tensorflow as tf
+
+    parts = [model(tf.constant(images[i:i + batch], tf.float32)).numpy()
+             for i in range(0, len(images), batch)]
+    return np.concatenate(parts)
+
+
+def load_exported(model_dir: Path) -> tuple[Any, list[str]]:
+    """Reload an exported model and its labels; ConfigError if it is not one."""
+    model_dir = Path(model_dir)
+    labels = model_dir / "labels.txt"
+    if not (model_dir / "saved_model.pb").is_file() or not labels.is_file():
+        raise ConfigError(f"{model_dir} is not a model exported by `automl export` (expected "
+                          "saved_model.pb and labels.txt in it).")
+    import tensorflow as tf
+
+    return tf.saved_model.load(str(model_dir)), labels.read_text(encoding="utf-8").splitlines()
+
+
+def predict_files(model_dir: Path, files: list[str], top: int = 1) -> list[dict[str, Any]]:
+    """Top-``top`` labels and probabilities for each image file."""
+    import tensorflow as tf
+
+    from automl.data import load_rgb_image
+
+    model, labels = load_exported(model_dir)
+    results = []
+    for name in files:
+        image = load_rgb_image(name)
+        probs = model(tf.constant(image[None], tf.float32)).numpy()[0]
+        order = np.argsort(-probs)[:max(1, top)]
+        results.append({"file": name, "predictions": [
+            {"label": labels[i], "probability": float(probs[i])} for i in order]})
+    return results
+
+
+def export_study(results: Path, study_name: str, storage: str | None, trial: int | None,
+                 out: Path, check: int = 32) -> ExportReport:
+    """Export the best (or ``trial``) trial of a study, checking it against the study's data."""
+    from automl import leaderboard
+    from automl.data import load_data
+    from automl.objective import weights_path
+    from automl.study import open_study
+
+    out = Path(out)
+    if out.exists() and not (out / "saved_model.pb").is_file() and any(out.iterdir()):
+        raise ConfigError(f"--out {out}: the folder exists and is not an earlier export; "
+                          "choose an empty or new folder.")
+    study = open_study(Path(results), study_name, storage, create=False)
+    board = leaderboard.from_study(study)
+    row = pick_trial(board, trial)
+    number = int(row["trial"])
+    weights = weights_path(Path(results) / study_name / "trials", number)
+    if not weights.is_file():
+        raise ConfigError(f"the weights of trial {number} ({weights}) are missing; they may have "
+                          "been deleted. Export another trial with --trial N.")
+    meta = study.user_attrs.get("data") or {}
+    class_names = list(study.user_attrs.get("class_names") or [])
+    data = load_data(meta.get("data"), val_split=meta.get("val_split", 0.15),
+                     test_split=meta.get("test_split", 0.15), seed=meta.get("seed", 0))
+    size = int(row["image_size"])
+    val = np.stack(list(data.validation.images(size).take(check).as_numpy_iterator()))
+    test = None
+    if data.test is not None:
+        images = np.stack(list(data.test.images(size).as_numpy_iterator()))
+        test = (images, data.test.labels)
+    return export_trial(row, class_names, weights, out, val, test)

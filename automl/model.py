@@ -1,0 +1,191 @@
+"""Build a trial's transfer model: preprocessing, backbone cut at a block boundary, head.
+
+The backbone is split at the freeze cut into a ``bottom`` (always frozen) and a ``top`` (fine-tuned
+in phase two). Both are sub-models sharing the backbone's layers, so the same weights serve the
+full ``inference`` model, the cached-feature models and export.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+
+from automl.backbones import BackboneSpec
+from automl.config import TrialConfig
+from automl.layers import Preprocess, augmentation_layers
+
+
+def reset_keras(seed: int) -> None:
+    """The one place that resets Keras state between trials: clear the session, collect, seed."""
+    keras.backend.clear_session(free_memory=True)
+    gc.collect()
+    keras.utils.set_random_seed(seed)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Where the backbone is split: after ``layer`` (None = before the first layer)."""
+
+    layer: str | None
+    depth: float  # share of the backbone's weighted layers before the cut
+
+
+def block_cuts(backbone: keras.Model, pattern: str) -> list[Cut]:
+    """Every block boundary of ``backbone``, from the input (depth 0) to the output (depth 1).
+
+    A boundary is a layer matching ``pattern`` whose output is the only activation that layers
+    after it use (so no residual branch crosses the cut). If the pattern finds none, every such
+    single-activation point counts.
+    """
+    layers = [op for op in backbone.operations if not isinstance(op, keras.layers.InputLayer)]
+    position = {id(layer): i for i, layer in enumerate(layers)}
+    last_use = [-1] * len(layers)  # the index of the last layer consuming layer i's output
+    input_last_use = -1
+    for i, layer in enumerate(layers):
+        for node in layer._inbound_nodes:
+            for tensor in node.input_tensors:
+                j = position.get(id(tensor._keras_history.operation))
+                if j is None:
+                    input_last_use = max(input_last_use, i)
+                else:
+                    last_use[j] = max(last_use[j], i)
+    weighted = [1 if getattr(layer, "weights", None) else 0 for layer in layers]
+    total = max(sum(weighted), 1)
+    single: list[tuple[str, float]] = []
+    done, earlier = 0, input_last_use  # earlier: last use of any output produced before layer i
+    for i, layer in enumerate(layers[:-1]):
+        done += weighted[i]
+        if earlier <= i and 0.0 < done / total < 1.0:
+            single.append((layer.name, done / total))
+        earlier = max(earlier, last_use[i])
+    regex = re.compile(pattern)
+    matching = [cut for cut in single if regex.search(cut[0])]
+    chosen = matching or single
+    return [Cut(None, 0.0), *(Cut(n, d) for n, d in chosen), Cut(layers[-1].name, 1.0)]
+
+
+def choose_cut(cuts: list[Cut], freeze_depth: float) -> Cut:
+    """The block boundary nearest to ``freeze_depth`` (ties go to the deeper, more frozen cut)."""
+    return min(reversed(cuts), key=lambda cut: abs(cut.depth - freeze_depth))
+
+
+@dataclass
+class TransferModel:
+    """A trial's model and its parts; all parts share one set of weights."""
+
+    config: TrialConfig
+    spec: BackboneSpec
+    n_classes: int
+    cut: Cut
+    inference: keras.Model     # 0..255 RGB image -> class probabilities (no augmentation)
+    bottom: keras.Model        # preprocessed image -> activation at the cut (always frozen)
+    top: keras.Model | None    # activation at the cut -> backbone output (None if cut at output)
+    head: keras.Model          # pooled backbone features -> class probabilities
+    augment: list[keras.layers.Layer]
+
+    @property
+    def binary(self) -> bool:
+        return self.n_classes == 2
+
+    def feature_model(self, at_cut: bool) -> keras.Model:
+        """Image -> the frozen activations to cache: at the cut, or pooled backbone output."""
+        image = self.inference.inputs[0]
+        x = self.inference.get_layer("preprocess")(image)
+        x = self.bottom(x)
+        if not at_cut:
+            if self.top is not None:
+                x = self.top(x)
+            x = self.inference.get_layer("avg_pool")(x)
+        return keras.Model(image, x, name="features")
+
+    def top_model(self) -> keras.Model:
+        """Activation at the cut -> probabilities: what phase two trains on cached features."""
+        if self.top is None:
+            raise ValueError("the cut is at the backbone output: there is no top to fine-tune")
+        inp = keras.Input(self.bottom.output.shape[1:], name="cut_activation")
+        x = self.inference.get_layer("avg_pool")(self.top(inp))
+        return keras.Model(inp, self.head(x), name="top_and_head")
+
+    def train_model(self) -> keras.Model:
+        """Image -> probabilities with the augmentation layers in front (live training)."""
+        if not self.augment:
+            return self.inference
+        image = keras.Input(self.inference.inputs[0].shape[1:], name="image")
+        x = image
+        for layer in self.augment:
+            x = layer(x)
+        return keras.Model(image, self.inference(x), name="train")
+
+    def set_phase(self, phase: int) -> None:
+        """Phase 1: only the head trains. Phase 2: the backbone top trains too (BN stays frozen)."""
+        self.bottom.trainable = False
+        if self.top is not None:
+            self.top.trainable = phase == 2
+            for layer in self.top.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.trainable = False  # inference mode: keep ImageNet statistics
+        self.head.trainable = True
+
+
+def build_model(config: TrialConfig, spec: BackboneSpec, n_classes: int,
+                weights: str | os.PathLike | None, seed: int = 0) -> TransferModel:
+    """Build the transfer model of ``config`` (``weights``: None, "imagenet" or a file)."""
+    size = config.image_size
+    backbone = spec.build((size, size, 3), weights)
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    cut = choose_cut(block_cuts(backbone, spec.block_pattern), config.freeze_depth)
+    bottom, top = _split(backbone, cut)
+
+    features = backbone.output.shape[-1]
+    pooled = keras.Input((features,), name="pooled_features")
+    x = pooled
+    if config.head_width > 0:
+        x = keras.layers.Dense(config.head_width, activation="relu", name="head_dense")(x)
+    x = keras.layers.Dropout(config.dropout, seed=seed, name="head_dropout")(x)
+    units, activation = (1, "sigmoid") if n_classes == 2 else (n_classes, "softmax")
+    out = keras.layers.Dense(units, activation=activation, name="predictions")(x)
+    head = keras.Model(pooled, out, name="head")
+
+    image = keras.Input((size, size, 3), name="image")
+    x = Preprocess(spec.preprocess, name="preprocess")(image)
+    x = bottom(x)
+    if top is not None:
+        x = top(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    inference = keras.Model(image, head(x), name=f"{spec.name}_transfer")
+    model = TransferModel(config, spec, n_classes, cut, inference, bottom, top, head,
+                          augmentation_layers(config.augmentation, seed))
+    model.set_phase(1)
+    return model
+
+
+def _split(backbone: keras.Model, cut: Cut) -> tuple[keras.Model, keras.Model | None]:
+    """Two sub-models sharing the backbone's layers: input -> cut, cut -> output."""
+    if cut.depth >= 1.0:
+        return backbone, None
+    if cut.layer is None:
+        identity = keras.Model(backbone.inputs[0], backbone.inputs[0], name="bottom")
+        return identity, backbone
+    at = next(op for op in backbone.operations if op.name == cut.layer).output
+    bottom = keras.Model(backbone.inputs[0], at, name="bottom")
+    top = keras.Model(at, backbone.output, name="top")
+    return bottom, top
+
+
+def count_params(model: keras.Model) -> int:
+    """All parameters of a model (trainable or not)."""
+    return int(sum(int(_size(w.shape)) for w in model.weights))
+
+
+def _size(shape: Any) -> int:
+    n = 1
+    for dim in shape:
+        n *= int(dim)
+    return n

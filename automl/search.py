@@ -1,0 +1,176 @@
+"""Run a search: validate everything up front, then let the driver run trials."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from automl.backbones import get_spec
+from automl.config import RunConfig, study_dir
+from automl.errors import ConfigError, WeightsError
+from automl.space import SearchSpace
+
+log = logging.getLogger("automl")
+DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """Everything `automl search` was asked for."""
+
+    space: str | None = None
+    data: str | None = None
+    results: str = "results"
+    study: str = "default"
+    storage: str | None = None
+    trials: int = 50
+    timeout: float | None = None
+    pruner: str = "median"
+    val_split: float = 0.15
+    test_split: float = 0.15
+    run: RunConfig = RunConfig()
+
+
+def default_space_file() -> Path:
+    """search_spaces/default.yaml of this checkout (or of the current directory)."""
+    return DEFAULT_SPACE if DEFAULT_SPACE.is_file() else Path("search_spaces") / "default.yaml"
+
+
+def validate(req: SearchRequest) -> None:
+    """Flag checks that need no file."""
+    if req.trials < 1:
+        raise ConfigError(f"--trials {req.trials}: expected a whole number of at least 1 "
+                          "(the number of finished trials the study should end with).")
+    if req.timeout is not None and req.timeout < 0:
+        raise ConfigError(f"--timeout {req.timeout:g}: expected a number of seconds >= 0.")
+    for flag, value, low in (("--epochs", req.run.epochs, 1), ("--batch-size",
+                             req.run.batch_size, 1), ("--fine-tune-epochs",
+                             req.run.fine_tune_epochs, 0)):
+        if value < low:
+            raise ConfigError(f"{flag} {value}: expected a whole number of at least {low}.")
+    if not req.study or any(c in req.study for c in "/\\") or req.study.startswith("."):
+        raise ConfigError(f"--study {req.study!r}: expected a plain name (no slashes).")
+
+
+def usable_backbones(space: SearchSpace, resolver: Any) -> tuple[SearchSpace, list[str]]:
+    """Drop backbones whose weights cannot be had here; WeightsError if none is left."""
+    dropped: dict[str, str] = {}
+    size = min(space.params["image_size"].values())
+    for name in space.backbones():
+        try:
+            resolver.resolve(get_spec(name), size, convert=False)
+        except WeightsError as exc:
+            dropped[name] = str(exc)
+    kept = [b for b in space.backbones() if b not in dropped]
+    if not kept:
+        reasons = " ".join(dropped.values())
+        raise WeightsError(f"none of the backbones in {space.source} has weights here, so the "
+                           f"search cannot start. {reasons}")
+    if dropped:
+        log.warning("dropping backbones without weights here: %s. Supply their Keras weights "
+                    "files with --weights-dir DIR (or in ~/.keras/models), or remove them from "
+                    "%s.", ", ".join(dropped), space.source)
+    return (space.restrict_backbones(kept) if dropped else space), list(dropped)
+
+
+def run_search(req: SearchRequest, echo: Callable[[str], None] = print) -> Any:
+    """Validate, load, then run the Optuna driver; returns the study."""
+    validate(req)
+    space = SearchSpace.from_file(req.space or default_space_file())
+    from automl.data import load_data
+    from automl.weights import WeightsResolver
+
+    resolver = WeightsResolver(req.run.weights, req.run.weights_dir, seed=req.run.seed)
+    space, _ = usable_backbones(space, resolver)
+    data = load_data(req.data, val_split=req.val_split, test_split=req.test_split,
+                     seed=req.run.seed)
+    if data.skipped:
+        log.warning("%d image files could not be decoded and were skipped, e.g. %s",
+                    len(data.skipped), ", ".join(data.skipped[:3]))
+
+    import optuna
+
+    from automl import leaderboard
+    from automl.drivers import optuna_driver
+    from automl.features import FeatureCache
+    from automl.objective import SearchContext
+    from automl.study import open_study
+
+    folder = study_dir(req.results, req.study)
+    study = open_study(Path(req.results), req.study, req.storage, create=True,
+                       pruner=optuna_driver.make_pruner(req.pruner))
+    _check_same_data(study, data, req)
+    # a resumed search must not replay the same random start points
+    study.sampler = optuna.samplers.TPESampler(seed=req.run.seed + len(study.trials))
+    stale = optuna_driver.recover_stale(study)
+    if stale:
+        echo(f"marked trial(s) {', '.join(map(str, stale))} as failed: they were left running "
+             "by a process that stopped")
+    cache = FeatureCache(folder / "features" if req.run.feature_cache else None,
+                         req.run.cache_memory_mb * 1024 * 1024)
+    ctx = SearchContext(data, req.run, resolver, cache, folder / "trials")
+    done = optuna_driver.finished_count(study)
+    echo(f"study '{req.study}' in {folder}: {done} of {req.trials} trials finished; data: "
+         f"{data.source} ({len(data.train)} train / {len(data.validation)} validation / "
+         f"{len(data.test) if data.test else 0} test images, {len(data.class_names)} classes)")
+
+    def on_trial_end(study: Any, trial: Any) -> None:
+        board = leaderboard.from_study(study)
+        _keep_best_weights(board, ctx.trials_dir, req.run.keep_weights)
+        board = leaderboard.from_study(study)
+        leaderboard.write_csv(board, folder / "leaderboard.csv")
+        echo(_progress_line(trial, board, optuna_driver.finished_count(study), req.trials))
+
+    optuna_driver.run(space, ctx, study, n_trials=req.trials, timeout=req.timeout,
+                      on_trial_end=on_trial_end)
+    board = leaderboard.from_study(study)
+    leaderboard.write_csv(board, folder / "leaderboard.csv")
+    return study
+
+
+def _check_same_data(study: Any, data: Any, req: SearchRequest) -> None:
+    """Record the data on a new study; refuse to mix data sets in one study."""
+    meta = {"source": data.source, "data": req.data, "fingerprint": data.fingerprint,
+            "val_split": req.val_split, "test_split": req.test_split, "seed": req.run.seed}
+    known = study.user_attrs.get("data")
+    if known is None:
+        study.set_user_attr("data", meta)
+        study.set_user_attr("class_names", list(data.class_names))
+    elif known.get("fingerprint") != data.fingerprint:
+        raise ConfigError(
+            f"study '{req.study}' was run on {known.get('source')} (split seed "
+            f"{known.get('seed')}, val {known.get('val_split')}, test {known.get('test_split')}); "
+            f"this run's data ({data.source}) differs. Use another --study name, or the same "
+            "data, seed and splits to resume it.")
+
+
+def _keep_best_weights(board: Any, trials_dir: Path, keep: int) -> None:
+    """Delete kept weights of finished trials outside the best ``keep``."""
+    done = board[board["state"] == "COMPLETE"]
+    for number in done["trial"].iloc[keep:]:
+        folder = trials_dir / f"trial_{int(number):04d}"
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _progress_line(trial: Any, board: Any, finished: int, total: int) -> str:
+    config = trial.user_attrs.get("config", {})
+    state = trial.user_attrs.get("state_detail", trial.state.name) if trial.state.name == "FAIL" \
+        else trial.state.name
+    value = trial.value if trial.value is not None else None
+    got = f"val_acc={value:.4f}" if value is not None else (
+        trial.user_attrs.get("reason", "") if state != "PRUNED"
+        else f"at epoch {max(trial.intermediate_values or {0: 0})}")
+    best = board[board["state"] == "COMPLETE"]
+    best_txt = (f" | best {best.iloc[0]['val_accuracy']:.4f} (trial {int(best.iloc[0]['trial'])})"
+                if not best.empty else "")
+    params = " ".join(f"{k}={_short(v)}" for k, v in config.items())
+    return f"[{finished}/{total}] trial {trial.number} {state} {got}{best_txt} | {params}"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,178 @@
+"""End to end through the CLI: search -> leaderboard -> export -> reload -> predict -> resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from automl.cli import main
+
+SPACE = """\
+backbone: efficientnet_lite0
+image_size: 32
+freeze_depth: {choices: [1.0, 0.98]}
+head_width: {choices: [0, 64]}
+dropout: 0.1
+learning_rate: {low: 1.0e-3, high: 1.0e-2, log: true}
+augmentation: none
+"""
+FAST = ["--epochs", "2", "--fine-tune-epochs", "1", "--batch-size", "128"]
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One real search of 3 trials on the embedded default with pretrained Lite0."""
+    root = tmp_path_factory.mktemp("cli")
+    space = root / "space.yaml"
+    space.write_text(SPACE)
+    results = root / "results"
+    code = main(["search", "--space", str(space), "--trials", "3", "--results", str(results),
+                 *FAST])
+    assert code == 0
+    return {"root": root, "space": space, "results": results}
+
+
+def test_search_writes_a_ranked_leaderboard(run: dict[str, Path]) -> None:
+    rows = _rows(run["results"] / "default" / "leaderboard.csv")
+    assert len(rows) == 3
+    assert {r["state"] for r in rows} == {"COMPLETE"}
+    for column in ("trial", "val_accuracy", "val_loss", "test_accuracy", "backbone",
+                   "image_size", "freeze_depth", "head_width", "dropout", "learning_rate",
+                   "augmentation", "epochs", "train_seconds", "params"):
+        assert column in rows[0]
+    accuracies = [float(r["val_accuracy"]) for r in rows]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert accuracies[0] > 0.5  # 10 classes: chance is 0.1
+    assert float(rows[0]["test_accuracy"]) > 0.5
+
+
+def test_leaderboard_command_prints_table_and_summary(run: dict[str, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    out_csv = tmp_path / "summary.csv"
+    assert main(["leaderboard", "--results", str(run["results"]), "--summary-csv",
+                 str(out_csv)]) == 0
+    printed = capsys.readouterr().out
+    assert "efficientnet_lite0" in printed and "best_val_accuracy" in printed
+    summary = _rows(out_csv)
+    assert summary[0]["backbone"] == "efficientnet_lite0" and summary[0]["trials"] == "3"
+
+
+def test_export_reloads_and_reproduces_test_accuracy(run: dict[str, Path],
+                                                     capsys: pytest.CaptureFixture) -> None:
+    import tensorflow as tf
+
+    from automl.data import load_data
+    from automl.objective import scores
+
+    out = run["root"] / "best_model"
+    assert main(["export", "--results", str(run["results"]), "--out", str(out)]) == 0
+    assert "reload check passed" in capsys.readouterr().out
+    best = _rows(run["results"] / "default" / "leaderboard.csv")[0]
+    labels = (out / "labels.txt").read_text(encoding="utf-8").splitlines()
+    assert labels[:3] == ["bear", "bird", "cat"] and len(labels) == 10
+    assert (out / "model.keras").is_file()
+
+    model = tf.saved_model.load(str(out))
+    data = load_data(None)
+    images = np.stack(list(data.test.images(32).as_numpy_iterator()))
+    probs = model(tf.constant(images, tf.float32)).numpy()
+    assert probs.shape == (len(images), 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert scores(probs, data.test.labels)[1] == pytest.approx(float(best["test_accuracy"]),
+                                                               abs=1e-6)
+    # any size and uint8 work too: resizing is inside the graph
+    big = tf.image.resize(images[:4], (77, 51)).numpy().astype(np.uint8)
+    assert model.predict_uint8(tf.constant(big)).shape == (4, 10)
+
+
+def test_predict_prints_top_labels(run: dict[str, Path], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    out = run["root"] / "best_model"
+    if not out.exists():
+        assert main(["export", "--results", str(run["results"]), "--out", str(out)]) == 0
+    from automl.data import load_data
+
+    data = load_data(None)
+    image = next(data.test.images(28).as_numpy_iterator())
+    files = []
+    for name in ("a.png", "b.jpg"):
+        Image.fromarray(image).save(tmp_path / name)
+        files.append(str(tmp_path / name))
+    capsys.readouterr()
+    assert main(["predict", str(out), *files, "--top", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in result] == files
+    labels = set((out / "labels.txt").read_text().splitlines())
+    for item in result:
+        assert len(item["predictions"]) == 2
+        assert item["predictions"][0]["label"] in labels
+        assert item["predictions"][0]["probability"] >= item["predictions"][1]["probability"]
+
+
+def test_resume_runs_only_the_missing_trials(run: dict[str, Path],
+                                             capsys: pytest.CaptureFixture) -> None:
+    assert main(["search", "--space", str(run["space"]), "--trials", "4", "--results",
+                 str(run["results"]), *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "3 of 4 trials finished" in out
+    rows = _rows(run["results"] / "default" / "leaderboard.csv")
+    assert sorted(int(r["trial"]) for r in rows) == [0, 1, 2, 3]
+    # already complete: nothing runs, nothing changes
+    before = (run["results"] / "default" / "leaderboard.csv").read_bytes()
+    assert main(["search", "--space", str(run["space"]), "--trials", "4", "--results",
+                 str(run["results"]), *FAST]) == 0
+    assert (run["results"] / "default" / "leaderboard.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["search", "--trials", "0"], "--trials 0: expected a whole number of at least 1"),
+    (["search", "--trials", "-3"], "--trials -3"),
+    (["search", "--timeout", "-1"], "--timeout -1: expected a number of seconds >= 0"),
+    (["search", "--data", "/no/such/folder"], "/no/such/folder"),
+    (["search", "--space", "/no/such.yaml"], "/no/such.yaml"),
+    (["export", "--study", "nothing-here", "--out", "x"], "there is no study 'nothing-here'"),
+    (["predict", "/tmp", "x.png"], "is not a model exported by `automl export`"),
+])
+def test_bad_input_is_one_clear_message(argv: list[str], message: str, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
+    if argv[0] in ("search", "export"):
+        argv = [*argv, "--results", str(tmp_path / "results")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_bad_space_stops_before_training_and_keeps_results(run: dict[str, Path], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    board = run["results"] / "default" / "leaderboard.csv"
+    before = board.read_bytes()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backbone: {choices: [efficientnet_lite0, vgg17]}\n")
+    assert main(["search", "--space", str(bad), "--trials", "9", "--results",
+                 str(run["results"])]) == 2
+    err = capsys.readouterr().err
+    assert "'vgg17' is not a known backbone" in err and str(bad) in err
+    assert board.read_bytes() == before
+
+
+def test_export_of_an_empty_study_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                             ) -> None:
+    from automl.study import open_study
+
+    open_study(tmp_path, "empty", None, create=True)
+    assert main(["export", "--results", str(tmp_path), "--study", "empty", "--out",
+                 str(tmp_path / "m")]) == 2
+    assert "no finished (COMPLETE) trial to export" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
