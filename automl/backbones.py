@@ -77,9 +77,9 @@ def _lite(variant: int, size: int, params: int) -> BackboneSpec:
 _TF = "_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in (
-    _lite(0, 224, 3_371_488),
-    _lite(1, 240, 4_190_312),
-    _lite(2, 260, 4_856_032),
+    _lite(0, 224, 3_413_024),
+    _lite(1, 240, 4_189_344),
+    _lite(2, 260, 4_869_168),
     _keras("vgg16", "VGG16", "vgg16", 224, "caffe", 14_714_688, _VGG, "vgg16" + _TF),
     _keras("vgg19", "VGG19", "vgg19", 224, "caffe", 20_024_384, _VGG, "vgg19" + _TF),
     _keras("resnet50", "ResNet50", "resnet", 224, "caffe", 23_587_712, _RESNET, "resnet50" + _TF),

@@ -6,6 +6,7 @@ import pandas as pd
 
 from automl.backbones import REGISTRY
 from automl.errors import WeightsError
+from automl.paths import keras_models_dir
 from automl.weights import WeightsResolver
 
 
@@ -19,7 +20,10 @@ def backbones_table(weights_dir: str | None = None) -> pd.DataFrame:
             source = resolver.resolve(spec, spec.default_size, convert=False)
             where, available, reason = source.detail, "yes", ""
         except WeightsError as exc:
-            where, available, reason = "-", "no", str(exc).split(": ", 1)[-1].split(". ")[0]
+            where, available = "-", "no"
+            reason = str(exc) if spec.packaged else (
+                f"{spec.keras_weights_file(spec.default_size)} not in "
+                f"{weights_dir or keras_models_dir()}; Keras download unreachable")
         rows.append({"name": spec.name, "family": spec.family, "default_size": spec.default_size,
                      "min_size": spec.min_size, "params": f"{spec.params / 1e6:.1f}M",
                      "weights_from": where, "available": available, "reason": reason})

@@ -30,8 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
     s.add_argument("--pruner", default="median", choices=["median", "hyperband", "halving",
                                                           "none"])
+    s.add_argument("--screen-fraction", type=float, default=0.8,
+                   help="share of trials that screen head settings on cached features before "
+                   "fine-tuning and augmentation are tried on the best (1 = no staging)")
     s.add_argument("--epochs", type=int, default=10, help="max epochs of the head phase")
-    s.add_argument("--fine-tune-epochs", type=int, default=10,
+    s.add_argument("--fine-tune-epochs", type=int, default=5,
                    help="max epochs of the fine-tuning phase")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
@@ -116,6 +119,7 @@ def cmd_search(a: argparse.Namespace) -> int:
                     weights=a.weights, weights_dir=a.weights_dir)
     req = SearchRequest(space=a.space, data=a.data, results=a.results, study=a.study,
                         storage=a.storage, trials=a.trials, timeout=a.timeout, pruner=a.pruner,
+                        screen_fraction=a.screen_fraction,
                         val_split=a.val_split, test_split=a.test_split, run=run)
     echo = (lambda _line: None) if a.quiet else print
     study = run_search(req, echo=lambda line: echo(line) or sys.stdout.flush())
@@ -199,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s: %(message)s")
     logging.getLogger("automl").setLevel(logging.DEBUG if args.debug else logging.INFO)
     try:
-        _quiet_tensorflow()
+        if args.command != "backbones":  # the only command that needs no TensorFlow
+            _quiet_tensorflow()
         return COMMANDS[args.command](args)
     except AutoMLError as exc:
         if args.debug:

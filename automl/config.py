@@ -46,7 +46,7 @@ class RunConfig:
     """Settings of a whole search that are not searched over."""
 
     epochs: int = 10                 # max epochs of the head phase
-    fine_tune_epochs: int = 10       # max epochs of the fine-tuning phase
+    fine_tune_epochs: int = 5        # max epochs of the fine-tuning phase
     batch_size: int = 64
     seed: int = 0
     patience: int = 3                # early stopping on validation loss

@@ -78,7 +78,7 @@ class FeatureCache:
             return None
         try:
             return np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:  # a damaged file is recomputed, never trusted
+        except (OSError, ValueError, EOFError) as exc:  # damaged: recomputed, never trusted
             log.warning("feature cache file %s is unreadable (%s); recomputing it", path, exc)
             path.unlink(missing_ok=True)
             return None

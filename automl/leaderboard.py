@@ -12,7 +12,10 @@ from automl.atomic import write_atomic
 from automl.space import DIMENSIONS
 
 COLUMNS = ["trial", "state", "val_accuracy", "val_loss", "test_accuracy", *DIMENSIONS,
-           "epochs", "best_phase", "train_seconds", "params", "cut", "weights_kept", "reason"]
+           "epochs", "best_phase", "train_seconds", "params", "cut", "stage", "weights_kept",
+           "reason"]
+_INT_COLUMNS = {"trial", "image_size", "head_width", "epochs", "best_phase", "params",
+                "trials", "best_trial"}
 _STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "INTERRUPTED": 3, "FAIL": 4}
 
 
@@ -36,6 +39,7 @@ def trial_row(number: int, state: str, attrs: dict[str, Any],
         row[key] = result.get(key)
     weights = result.get("weights_file")
     row["weights_kept"] = bool(weights) and Path(weights).is_file()
+    row["stage"] = attrs.get("stage", "")
     row["reason"] = attrs.get("reason", "")
     return row
 
@@ -81,6 +85,9 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a DataFrame as CSV atomically (a crash never leaves half a file)."""
+    frame = frame.copy()
+    for column in _INT_COLUMNS.intersection(frame.columns):  # exact, even beside empty cells
+        frame[column] = pd.to_numeric(frame[column]).round().astype("Int64")
     return write_atomic(path, lambda p: frame.to_csv(p, index=False, float_format="%.6g"))
 
 

@@ -47,14 +47,33 @@ class TrialResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class WarmStart:
+    """A finished trial whose head phase a new trial of the same head configuration reuses."""
+
+    head_weights: Path
+    history: list[dict[str, float]]
+    val_loss: float
+
+
 def weights_path(trials_dir: Path, number: int) -> Path:
     """Where trial ``number`` keeps its model weights."""
     return trials_dir / f"trial_{number:04d}" / "model.weights.h5"
 
 
+def head_path(trials_dir: Path, number: int) -> Path:
+    """Where trial ``number`` keeps its head's weights (for warm starts)."""
+    return trials_dir / f"trial_{number:04d}" / "head.weights.h5"
+
+
 def run_trial(config: TrialConfig, ctx: SearchContext, number: int,
-              reporter: Reporter | None = None, log: TrainLog | None = None) -> TrialResult:
-    """Train and evaluate one configuration; TrialFailed for anything that breaks the trial."""
+              reporter: Reporter | None = None, log: TrainLog | None = None,
+              warm: WarmStart | None = None) -> TrialResult:
+    """Train and evaluate one configuration; TrialFailed for anything that breaks the trial.
+
+    With ``warm`` (and no augmentation, which would change the head phase), the head phase is
+    not run again: the earlier trial's head weights and epochs are taken over.
+    """
     run = ctx.run
     log = log if log is not None else TrainLog()
     spec = get_spec(config.backbone)
@@ -72,8 +91,14 @@ def run_trial(config: TrialConfig, ctx: SearchContext, number: int,
     keras.utils.set_random_seed(run.seed + number)
     cached = run.feature_cache and config.augmentation == "none"
     trainer = _Trainer(tm, ctx, source, cached)
+    head_done = None
+    if warm is not None and config.augmentation == "none" and warm.head_weights.is_file():
+        tm.head.load_weights(str(warm.head_weights))
+        log.epochs.extend(dict(row) for row in warm.history)
+        head_done = warm.val_loss
     train_two_phase(trainer.phase, patience=run.patience, binary=tm.binary, reporter=reporter,
-                    log=log, snapshot=tm.inference.get_weights, restore=tm.inference.set_weights)
+                    log=log, snapshot=tm.inference.get_weights, restore=tm.inference.set_weights,
+                    head_done=head_done)
     val_loss, val_acc = trainer.evaluate(ctx.data.validation, log.best_phase)
     if not math.isfinite(val_loss):
         raise TrialFailed(f"validation loss is {val_loss} after training")
@@ -82,6 +107,7 @@ def run_trial(config: TrialConfig, ctx: SearchContext, number: int,
         test_acc = trainer.evaluate(ctx.data.test, log.best_phase)[1]
     path = weights_path(ctx.trials_dir, number)
     write_atomic(path, lambda p: tm.inference.save_weights(str(p)))
+    write_atomic(head_path(ctx.trials_dir, number), lambda p: tm.head.save_weights(str(p)))
     return TrialResult(val_accuracy=val_acc, val_loss=val_loss, test_accuracy=test_acc,
                        epochs=len(log.epochs), best_phase=log.best_phase,
                        train_seconds=log.seconds, params=count_params(tm.inference),

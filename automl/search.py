@@ -30,6 +30,7 @@ class SearchRequest:
     trials: int = 50
     timeout: float | None = None
     pruner: str = "median"
+    screen_fraction: float = 0.8
     val_split: float = 0.15
     test_split: float = 0.15
     run: RunConfig = RunConfig()
@@ -52,6 +53,9 @@ def validate(req: SearchRequest) -> None:
                              req.run.fine_tune_epochs, 0)):
         if value < low:
             raise ConfigError(f"{flag} {value}: expected a whole number of at least {low}.")
+    if not 0.0 <= req.screen_fraction <= 1.0:
+        raise ConfigError(f"--screen-fraction {req.screen_fraction:g}: expected a share from 0 "
+                          "to 1 of the trials spent screening on cached features.")
     if not req.study or any(c in req.study for c in "/\\") or req.study.startswith("."):
         raise ConfigError(f"--study {req.study!r}: expected a plain name (no slashes).")
 
@@ -126,7 +130,7 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print) -> Any:
         echo(_progress_line(trial, board, optuna_driver.finished_count(study), req.trials))
 
     optuna_driver.run(space, ctx, study, n_trials=req.trials, timeout=req.timeout,
-                      on_trial_end=on_trial_end)
+                      on_trial_end=on_trial_end, screen_fraction=req.screen_fraction)
     board = leaderboard.from_study(study)
     leaderboard.write_csv(board, folder / "leaderboard.csv")
     return study

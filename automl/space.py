@@ -13,6 +13,7 @@ FloatRange(name='dropout', low=0.0, high=0.5, step=None, log=False)
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,41 @@ class SearchSpace:
         """Every backbone this space can sample."""
         return list(self.params["backbone"].values())
 
+    def screening(self) -> SearchSpace:
+        """The cheap rung: the most frozen depth and no augmentation, where the space allows.
+
+        Such trials train only the head on cached backbone activations: seconds each.
+        """
+        params = dict(self.params)
+        params["freeze_depth"] = Fixed("freeze_depth", max(self.params["freeze_depth"].values()))
+        if "none" in self.params["augmentation"].values():
+            params["augmentation"] = Fixed("augmentation", "none")
+        return SearchSpace(params, self.source)
+
+    def refinement(self) -> dict[str, Param]:
+        """The expensive dimensions explored on top of the best screened configurations.
+
+        freeze_depth without its most frozen value (so: fine-tuning), and augmentation; when
+        freeze_depth cannot change, augmentation without "none". Empty when the space has
+        nothing beyond the cheap rung.
+        """
+        if self.screening() == self:
+            return {}
+        freeze, aug = self.params["freeze_depth"], self.params["augmentation"]
+        if isinstance(freeze, Categorical) and len(freeze.choices) > 1:
+            top = max(freeze.choices)
+            kept = tuple(c for c in freeze.choices if c != top)
+            freeze = Fixed("freeze_depth", kept[0]) if len(kept) == 1 else Categorical(
+                "freeze_depth", kept)
+        elif isinstance(freeze, FloatRange) and freeze.low < freeze.high:
+            high = freeze.low + 0.95 * (freeze.high - freeze.low)
+            freeze = FloatRange("freeze_depth", freeze.low, high, None, freeze.log)
+        elif isinstance(aug, Categorical):
+            kept = tuple(c for c in aug.choices if c != "none")
+            aug = Fixed("augmentation", kept[0]) if len(kept) == 1 else Categorical(
+                "augmentation", kept)
+        return {"freeze_depth": freeze, "augmentation": aug}
+
     def restrict_backbones(self, keep: list[str]) -> SearchSpace:
         """A copy whose backbone dimension holds only ``keep`` (in the original order)."""
         kept = [b for b in self.backbones() if b in keep]
@@ -201,7 +237,7 @@ def _parse_param(source: str, key: str, spec: Any) -> Param:
     if not {"low", "high"} <= keys or not keys <= allowed:
         raise ConfigError(f"{where}: a range needs 'low' and 'high' (optionally 'log', 'step'); "
                           f"got keys {sorted(keys)}. For a list of values use {{choices: [...]}}.")
-    low, high = spec["low"], spec["high"]
+    low, high = _number(spec["low"]), _number(spec["high"])
     log = spec.get("log", False)
     step = spec.get("step")
     if not isinstance(log, bool):
@@ -231,9 +267,21 @@ def _parse_param(source: str, key: str, spec: Any) -> Param:
     return FloatRange(key, float(low), float(high), None if step is None else float(step), log)
 
 
+_FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; take such exponent notation as a float."""
+    if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
+        return float(value)
+    return value
+
+
 def _coerce(where: str, key: str, value: Any) -> Any:
     """Check a single value's type for its dimension (ints are accepted for float dimensions)."""
     expected, description = DIMENSIONS[key]
+    if expected is float:
+        value = _number(value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, bool) or not isinstance(value, expected):

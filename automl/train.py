@@ -108,19 +108,25 @@ def fit_phase(phase_no: int, phase: Phase, *, first_epoch: int, patience: int, b
 def train_two_phase(make_phase: Callable[[int], Phase | None], *, patience: int, binary: bool,
                     reporter: Reporter | None = None, log: TrainLog | None = None,
                     snapshot: Callable[[], Any] | None = None,
-                    restore: Callable[[Any], None] | None = None) -> TrainLog:
+                    restore: Callable[[Any], None] | None = None,
+                    head_done: float | None = None) -> TrainLog:
     """Phase 1 (head), then phase 2 (fine-tuning) when ``make_phase(2)`` returns one.
 
     Epochs are numbered continuously. If fine-tuning never beats the head phase's best validation
     loss, the head phase's weights are put back (``snapshot``/``restore`` save and load them).
+    ``head_done`` (the best validation loss of a head phase already run, whose epochs are in
+    ``log``) skips phase 1.
     """
     log = log if log is not None else TrainLog()
     start = time.perf_counter()
     try:
-        first = make_phase(1)
-        assert first is not None
-        best1 = fit_phase(1, first, first_epoch=0, patience=patience, binary=binary, log=log,
-                          reporter=reporter)
+        if head_done is None:
+            first = make_phase(1)
+            assert first is not None
+            best1 = fit_phase(1, first, first_epoch=0, patience=patience, binary=binary,
+                              log=log, reporter=reporter)
+        else:
+            best1 = head_done
         log.best_phase = 1
         second = make_phase(2)
         if second is not None:

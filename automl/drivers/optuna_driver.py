@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -13,13 +14,14 @@ import optuna
 
 from automl.config import TrialConfig
 from automl.errors import AutoMLError, ConfigError, DataError, TrialFailed, WeightsError
-from automl.objective import SearchContext, TrialResult, run_trial
-from automl.space import Categorical, Fixed, FloatRange, IntRange, SearchSpace
+from automl.objective import SearchContext, TrialResult, WarmStart, head_path, run_trial
+from automl.space import Categorical, Fixed, IntRange, Param, SearchSpace
 from automl.train import TrainLog
 
 log = logging.getLogger("automl")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 5
+REFINE_TOP = 3  # refinement cycles over the best few screened configurations
 
 
 class SearchStopped(AutoMLError):
@@ -39,18 +41,49 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     raise ConfigError(f"--pruner {name!r}: expected one of median, hyperband, halving, none.")
 
 
+def suggest_param(p: Param, trial: optuna.trial.BaseTrial, name: str | None = None) -> Any:
+    """Sample one Param through an Optuna trial (under ``name``, default its own)."""
+    name = name or p.name
+    if isinstance(p, Fixed):
+        return p.value
+    if isinstance(p, Categorical):
+        return trial.suggest_categorical(name, list(p.choices))
+    if isinstance(p, IntRange):
+        return trial.suggest_int(name, p.low, p.high, step=p.step, log=p.log)
+    return trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
+
+
 def suggest(space: SearchSpace, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
     """Sample one point of ``space`` through an Optuna trial (fixed values are not suggested)."""
-    params: dict[str, Any] = {}
-    for name, p in space.params.items():
-        if isinstance(p, Fixed):
-            params[name] = p.value
-        elif isinstance(p, Categorical):
-            params[name] = trial.suggest_categorical(name, list(p.choices))
-        elif isinstance(p, IntRange):
-            params[name] = trial.suggest_int(name, p.low, p.high, step=p.step, log=p.log)
-        elif isinstance(p, FloatRange):
-            params[name] = trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
+    return {name: suggest_param(p, trial) for name, p in space.params.items()}
+
+
+def plan(space: SearchSpace, study: optuna.Study, trial: optuna.Trial, n_trials: int,
+         screen_fraction: float) -> dict[str, Any]:
+    """Pick this trial's parameters under the staged schedule.
+
+    Screening (the first ``screen_fraction`` of the trials): the space's cheap rung, head-only
+    training on cached activations. Refinement (the rest): one of the best screened
+    configurations, with fine-tuning depth and augmentation sampled by TPE on top of it.
+    """
+    refine = space.refinement()
+    if not refine or screen_fraction >= 1.0:
+        trial.set_user_attr("stage", "full")
+        return suggest(space, trial)
+    trials = study.get_trials(deepcopy=False)
+    screened = [t for t in trials if t.user_attrs.get("stage") == "screen" and t.state in FINISHED]
+    best = sorted((t for t in screened if t.state == optuna.trial.TrialState.COMPLETE),
+                  key=lambda t: -(t.value or 0.0))
+    if len(screened) < max(1, math.ceil(screen_fraction * n_trials)) or not best:
+        trial.set_user_attr("stage", "screen")
+        return suggest(space.screening(), trial)
+    refined = sum(1 for t in trials if t.user_attrs.get("stage") == "refine")
+    base = best[refined % min(REFINE_TOP, len(best))]
+    params = dict(base.user_attrs["config"])
+    for name, p in refine.items():
+        params[name] = suggest_param(p, trial, f"refine_{name}")
+    trial.set_user_attr("stage", "refine")
+    trial.set_user_attr("refines", base.number)
     return params
 
 
@@ -70,7 +103,8 @@ def recover_stale(study: optuna.Study) -> list[int]:
 
 
 def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials: int,
-        timeout: float | None, on_trial_end: Callable[[optuna.Study, Any], None]) -> int:
+        timeout: float | None, on_trial_end: Callable[[optuna.Study, Any], None],
+        screen_fraction: float = 0.8) -> int:
     """Run trials until ``n_trials`` are finished (COMPLETE or PRUNED); return how many ran."""
     failures, ran, start = 0, 0, time.monotonic()
     while finished_count(study) < n_trials:
@@ -79,9 +113,12 @@ def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials
             break
         trial = study.ask()
         ran += 1
-        state = _run_one(space, ctx, study, trial)
-        gc.collect()
-        on_trial_end(study, study.get_trials(deepcopy=False)[trial.number])
+        try:
+            params = plan(space, study, trial, n_trials, screen_fraction)
+            state = _run_one(params, ctx, study, trial)
+        finally:  # also after Ctrl-C: the leaderboard shows the interrupted trial
+            gc.collect()
+            on_trial_end(study, study.get_trials(deepcopy=False)[trial.number])
         failures = failures + 1 if state == optuna.trial.TrialState.FAIL else 0
         if failures >= MAX_CONSECUTIVE_FAILURES:
             last = study.get_trials(deepcopy=False)[trial.number].user_attrs.get("reason", "")
@@ -90,10 +127,10 @@ def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials
     return ran
 
 
-def _run_one(space: SearchSpace, ctx: SearchContext, study: optuna.Study,
+def _run_one(params: dict[str, Any], ctx: SearchContext, study: optuna.Study,
              trial: optuna.Trial) -> optuna.trial.TrialState:
     """Run one asked trial and tell Optuna how it ended."""
-    config = TrialConfig.from_params(suggest(space, trial))
+    config = TrialConfig.from_params(params)
     trial.set_user_attr("config", config.as_dict())
     train_log = TrainLog()
 
@@ -103,7 +140,8 @@ def _run_one(space: SearchSpace, ctx: SearchContext, study: optuna.Study,
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
     try:
-        result = run_trial(config, ctx, trial.number, report, train_log)
+        result = run_trial(config, ctx, trial.number, report, train_log,
+                           _warm_start(study, trial, ctx))
     except optuna.TrialPruned:
         trial.set_user_attr("history", train_log.epochs)
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -125,6 +163,21 @@ def _run_one(space: SearchSpace, ctx: SearchContext, study: optuna.Study,
     _record(trial, result)
     study.tell(trial, result.val_accuracy)
     return optuna.trial.TrialState.COMPLETE
+
+
+def _warm_start(study: optuna.Study, trial: optuna.Trial, ctx: SearchContext,
+                ) -> WarmStart | None:
+    """A refinement trial reuses the head phase of the screened trial it refines."""
+    base_number = trial.user_attrs.get("refines")
+    if base_number is None:
+        return None
+    base = study.get_trials(deepcopy=False)[base_number]
+    head = head_path(ctx.trials_dir, base_number)
+    history = [row for row in base.user_attrs.get("history", []) if row.get("phase") == 1]
+    result = base.user_attrs.get("result") or {}
+    if not head.is_file() or not history or "val_loss" not in result:
+        return None
+    return WarmStart(head, history, min(row["val_loss"] for row in history))
 
 
 def _record(trial: optuna.Trial, result: TrialResult) -> None:

@@ -1,0 +1,88 @@
+"""The staged schedule: cheap screening first, then refinement of the best screened configs."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from automl.drivers.optuna_driver import plan, suggest
+from automl.space import Categorical, Fixed, FloatRange, SearchSpace
+
+FULL = {
+    "backbone": {"choices": ["efficientnet_lite0", "efficientnet_lite1"]},
+    "image_size": {"choices": [64, 96]},
+    "freeze_depth": {"choices": [1.0, 0.9, 0.8]},
+    "head_width": {"choices": [0, 128]},
+    "dropout": {"low": 0.0, "high": 0.5},
+    "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+    "augmentation": {"choices": ["none", "flip"]},
+}
+
+
+def test_screening_fixes_the_expensive_dimensions_at_their_cheap_end() -> None:
+    space = SearchSpace.from_dict(FULL)
+    cheap = space.screening()
+    assert cheap.params["freeze_depth"] == Fixed("freeze_depth", 1.0)
+    assert cheap.params["augmentation"] == Fixed("augmentation", "none")
+    assert cheap.params["backbone"] == space.params["backbone"]
+
+
+def test_refinement_drops_the_fully_frozen_end() -> None:
+    refine = SearchSpace.from_dict(FULL).refinement()
+    assert refine["freeze_depth"] == Categorical("freeze_depth", (0.9, 0.8))
+    assert refine["augmentation"] == Categorical("augmentation", ("none", "flip"))
+    ranged = SearchSpace.from_dict({**FULL, "freeze_depth": {"low": 0.6, "high": 1.0}})
+    freeze = ranged.refinement()["freeze_depth"]
+    assert isinstance(freeze, FloatRange) and freeze.low == 0.6 and freeze.high < 1.0
+    # frozen depth fixed: refinement is augmentation only, never "none" again
+    fixed = SearchSpace.from_dict({**FULL, "freeze_depth": 1.0}).refinement()
+    assert fixed["augmentation"] == Fixed("augmentation", "flip")
+
+
+def test_a_space_without_expensive_options_is_not_staged() -> None:
+    space = SearchSpace.from_dict({**FULL, "freeze_depth": 1.0, "augmentation": "none"})
+    assert space.refinement() == {}
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    plan(space, study, trial, n_trials=10, screen_fraction=0.8)
+    assert trial.user_attrs["stage"] == "full"
+
+
+def _finish(study: optuna.Study, space: SearchSpace, value: float) -> optuna.trial.FrozenTrial:
+    trial = study.ask()
+    params = plan(space, study, trial, n_trials=5, screen_fraction=0.6)
+    trial.set_user_attr("config", params)
+    study.tell(trial, value)
+    return study.trials[-1]
+
+
+def test_plan_screens_then_refines_the_best_screened_configs() -> None:
+    space = SearchSpace.from_dict(FULL)
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=0))
+    screened = [_finish(study, space, v) for v in (0.7, 0.9, 0.8)]  # ceil(0.6 * 5) = 3
+    for t in screened:
+        assert t.user_attrs["stage"] == "screen"
+        assert t.user_attrs["config"]["freeze_depth"] == 1.0
+        assert t.user_attrs["config"]["augmentation"] == "none"
+    first, second = _finish(study, space, 0.95), _finish(study, space, 0.5)
+    assert first.user_attrs["stage"] == second.user_attrs["stage"] == "refine"
+    assert first.user_attrs["refines"] == screened[1].number   # the best screened trial
+    assert second.user_attrs["refines"] == screened[2].number  # then the second best
+    for t, base in ((first, screened[1]), (second, screened[2])):
+        config, base_config = t.user_attrs["config"], base.user_attrs["config"]
+        assert config["freeze_depth"] in (0.9, 0.8)
+        assert config["augmentation"] in ("none", "flip")
+        for name in ("backbone", "image_size", "head_width", "dropout", "learning_rate"):
+            assert config[name] == base_config[name]
+        assert set(t.params) == {"refine_freeze_depth", "refine_augmentation"}
+
+
+@pytest.mark.parametrize("fraction", [1.0])
+def test_screen_fraction_one_means_no_staging(fraction: float) -> None:
+    space = SearchSpace.from_dict(FULL)
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    params = plan(space, study, trial, n_trials=5, screen_fraction=fraction)
+    assert trial.user_attrs["stage"] == "full"
+    assert set(params) == set(suggest(space, study.ask()))
