@@ -60,7 +60,7 @@ class _Monitor(keras.callbacks.Callback):
             raise TrialFailed(f"the loss became NaN or infinite at epoch {epoch + 1} (phase "
                               f"{self.phase}); try a lower learning rate")
         lr = self.model.optimizer.learning_rate
-        row = {"epoch": epoch + 1, "phase": self.phase,
+        row = {"epoch": epoch + 1, "phase": self.phase, "phase_epoch": epoch + 1 - self.first_epoch,
                "loss": float(logs.get("loss", math.nan)),
                "accuracy": float(logs.get("accuracy", math.nan)),
                "val_loss": val_loss, "val_accuracy": float(logs.get("val_accuracy", math.nan)),

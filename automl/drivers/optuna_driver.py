@@ -21,6 +21,7 @@ from automl.train import TrainLog
 log = logging.getLogger("automl")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 5
+PRUNE_WARMUP_EPOCHS = 1  # per phase: the first epoch of a phase is never pruned
 REFINE_TOP = 3  # refinement cycles over the best few screened configurations
 
 
@@ -31,7 +32,7 @@ class SearchStopped(AutoMLError):
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
     """The Optuna pruner behind ``--pruner``."""
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+        return optuna.pruners.MedianPruner(n_startup_trials=5)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
     if name == "halving":
@@ -136,7 +137,8 @@ def _run_one(params: dict[str, Any], ctx: SearchContext, study: optuna.Study,
 
     def report(epoch: int, row: dict[str, float]) -> None:
         trial.report(row["val_accuracy"], epoch)
-        if trial.should_prune():
+        # each phase gets a few epochs before it can be pruned: fine-tuning often dips first
+        if row["phase_epoch"] > PRUNE_WARMUP_EPOCHS and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
     try:

@@ -1,0 +1,100 @@
+"""Interruptions through a real subprocess: Ctrl-C and kill -9 lose nothing; re-running resumes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SPACE = """\
+backbone: efficientnet_lite0
+image_size: 32
+head_width: {choices: [0, 32, 64]}
+dropout: {low: 0.0, high: 0.3}
+learning_rate: {low: 1.0e-4, high: 1.0e-3, log: true}
+"""
+
+
+def _command(root: Path, trials: int, epochs: int) -> list[str]:
+    return [sys.executable, "-m", "automl.cli", "search", "--space", str(root / "space.yaml"),
+            "--results", str(root / "results"), "--trials", str(trials), "--epochs",
+            str(epochs), "--batch-size", "256", "--pruner", "none"]
+
+
+def _rows(root: Path) -> list[dict[str, str]]:
+    path = root / "results" / "default" / "leaderboard.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _start_and_wait_for_a_trial(root: Path, trials: int) -> subprocess.Popen:
+    """Start a long search; return once one trial has finished and the next one is training."""
+    (root / "space.yaml").write_text(SPACE)
+    proc = subprocess.Popen(_command(root, trials, epochs=40), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(r["state"] == "COMPLETE" for r in _rows(root)):
+            time.sleep(3)  # well into the next trial's training
+            return proc
+        time.sleep(1)
+    proc.kill()
+    out, err = proc.communicate()
+    pytest.fail(f"no trial finished in time:\n{out}\n{err}")
+
+
+def _resume(root: Path, trials: int) -> subprocess.CompletedProcess:
+    done = subprocess.run(_command(root, trials, epochs=1), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_trial_interrupted_and_the_same_command_resumes(tmp_path: Path) -> None:
+    proc = _start_and_wait_for_a_trial(tmp_path, trials=30)
+    before = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - before < 30
+    assert proc.returncode == 130
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    rows = _rows(tmp_path)
+    states = {r["state"] for r in rows}
+    assert "INTERRUPTED" in states and "RUNNING" not in states
+    interrupted = [r for r in rows if r["state"] == "INTERRUPTED"]
+    assert "Ctrl-C" in interrupted[0]["reason"]
+
+    finished = sum(r["state"] == "COMPLETE" for r in rows)
+    _resume(tmp_path, trials=finished + 1)
+    rows = _rows(tmp_path)
+    numbers = sorted(int(r["trial"]) for r in rows)
+    assert numbers == list(range(len(numbers)))  # no duplicate, no gap
+    assert sum(r["state"] == "COMPLETE" for r in rows) == finished + 1
+
+
+@pytest.mark.slow
+def test_kill_9_leaves_a_stale_trial_that_the_next_run_closes(tmp_path: Path) -> None:
+    proc = _start_and_wait_for_a_trial(tmp_path, trials=30)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    before = {r["trial"]: r for r in _rows(tmp_path)}
+    assert all(r["state"] == "COMPLETE" for r in before.values())  # the killed one never got told
+    finished = len(before)
+
+    done = _resume(tmp_path, trials=finished + 1)
+    assert "left running by a process that stopped" in done.stdout
+    rows = _rows(tmp_path)
+    numbers = sorted(int(r["trial"]) for r in rows)
+    assert numbers == list(range(len(numbers)))
+    stale = [r for r in rows if r["state"] == "INTERRUPTED"]
+    assert len(stale) == 1 and "killed or crashed" in stale[0]["reason"]
+    assert sum(r["state"] == "COMPLETE" for r in rows) == finished + 1
