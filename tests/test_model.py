@@ -388,8 +388,9 @@ def test_epochs_are_numbered_continuously(trained: dict) -> None:
     assert log.best_phase in (1, 2)
     assert log.seconds > 0
     for row in log.epochs:
-        assert set(row) == {"epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy",
-                            "learning_rate"}
+        assert set(row) == {"epoch", "phase", "phase_epoch", "loss", "accuracy", "val_loss",
+                            "val_accuracy", "learning_rate"}
+    assert [row["phase_epoch"] for row in log.epochs] == [1, 2, 3, 1, 2]
     assert log.epochs[0]["learning_rate"] == pytest.approx(1e-2)
     assert log.epochs[3]["learning_rate"] == pytest.approx(1e-3)
 
