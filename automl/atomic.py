@@ -23,6 +23,9 @@ def write_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -> Pat
         writer(tmp_path)
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; results are for everyone
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -7,10 +7,11 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from automl.errors import AutoMLError
+from automl.errors import AutoMLError, ConfigError
 
 log = logging.getLogger("automl")
 
@@ -109,6 +110,11 @@ def _quiet_tensorflow() -> None:
                 print(line, file=sys.stderr)
 
 
+def _show_warning(message: Warning | str, category: type, *_: object, **__: object) -> None:
+    """Python warnings (e.g. skipped image files) as one plain line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def cmd_search(a: argparse.Namespace) -> int:
     from automl.config import RunConfig
     from automl.search import SearchRequest, run_search
@@ -150,10 +156,13 @@ def cmd_leaderboard(a: argparse.Namespace) -> int:
 
     study = open_study(Path(a.results), a.study, a.storage, create=False)
     board = leaderboard.from_study(study)
-    if a.csv:
-        leaderboard.write_csv(board, a.csv)
-    if a.summary_csv:
-        leaderboard.write_csv(leaderboard.summary(board), a.summary_csv)
+    for path, frame in ((a.csv, board), (a.summary_csv, leaderboard.summary(board))):
+        if path:
+            try:
+                leaderboard.write_csv(frame, path)
+            except OSError as exc:
+                raise ConfigError(f"cannot write {path}: {exc.strerror}; expected a writable "
+                                  "file path.") from None
     _print_board(a, study, top=a.top)
     return 0
 
@@ -201,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s: %(message)s")
+    warnings.showwarning = _show_warning
     logging.getLogger("automl").setLevel(logging.DEBUG if args.debug else logging.INFO)
     try:
         if args.command != "backbones":  # the only command that needs no TensorFlow

@@ -31,7 +31,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -105,7 +105,8 @@ class Split:
         """Unbatched uint8 [size, size, 3] RGB images in label order; decoded/resized once per size.
 
         In-memory arrays are resized into one cached tensor per size; files are streamed through
-        a tf.data pipeline ending in ``.cache()`` (filled by the first complete pass).
+        a tf.data pipeline cached to a temporary file on disk (filled by the first complete
+        pass), so a folder larger than memory never has to fit in it.
         """
         import tensorflow as tf
 
@@ -115,7 +116,7 @@ class Split:
             if self.array is not None:
                 self._cache[key] = tf.data.Dataset.from_tensor_slices(self._tensor(size))
             else:
-                self._cache[key] = self._file_pipeline(size).cache()
+                self._cache[key] = self._file_pipeline(size).cache(_disk_cache_file(size))
         return self._cache[key]
 
     def dataset(self, size: int, batch_size: int, *, shuffle: bool = False,
@@ -139,16 +140,20 @@ class Split:
                 return tf.cast(tf.gather(images, index), tf.float32), tf.gather(labels, index)
 
             ds = ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-        else:
+        elif not shuffle:
             ds = tf.data.Dataset.zip(self.images(size),
                                      tf.data.Dataset.from_tensor_slices(self.labels))
-            if shuffle:
-                ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
 
             def to_float(image, label):
                 return tf.cast(image, tf.float32), label
 
             ds = ds.batch(batch_size).map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
+        else:  # shuffle the file order (cheap), then decode: only a few batches in memory
+            order = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
+            decode, labels = self._decode_index(size), tf.constant(self.labels)
+            ds = order.map(lambda i: (tf.cast(decode(i), tf.float32), tf.gather(labels, i)),
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            ds = ds.batch(batch_size)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def _tensor(self, size: int) -> tf.Tensor:
@@ -164,7 +169,29 @@ class Split:
             self._cache[key] = tf.image.grayscale_to_rgb(out) if out.shape[-1] == 1 else out
         return self._cache[key]
 
+    def _decode_index(self, size: int) -> Any:
+        """A tf function: file index -> decoded, resized uint8 image."""
+        import tensorflow as tf
+
+        paths = tf.constant([os.fsencode(p) for p in self.paths])
+        use_pil = tf.constant(self.use_pil)
+
+        def decode(index: tf.Tensor) -> tf.Tensor:
+            path = tf.gather(paths, index)
+
+            def by_pil() -> tf.Tensor:
+                image = tf.numpy_function(lambda p: pil_rgb(os.fsdecode(p)), [path], tf.uint8)
+                image.set_shape([None, None, 3])
+                return image
+
+            image = tf.cond(tf.gather(use_pil, index), by_pil,
+                            lambda: tf_decode(tf.io.read_file(path)))
+            return resize_images(image, size)
+
+        return decode
+
     def _file_pipeline(self, size: int) -> tf.data.Dataset:
+        """Decode and resize the files, in label order."""
         import tensorflow as tf
 
         paths = [os.fsencode(p) for p in self.paths]
@@ -186,6 +213,24 @@ class Split:
 
             ds = tf.data.Dataset.from_tensor_slices((paths, self.use_pil))
         return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _disk_cache_file(size: int) -> str:
+    """A fresh file name in this process's temporary image-cache folder (removed at exit)."""
+    global _DISK_CACHE
+    if _DISK_CACHE is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        _DISK_CACHE = tempfile.mkdtemp(prefix="automl-images-")
+        atexit.register(shutil.rmtree, _DISK_CACHE, True)
+    _DISK_CACHE_COUNT[0] += 1
+    return os.path.join(_DISK_CACHE, f"split{_DISK_CACHE_COUNT[0]}_{size}")
+
+
+_DISK_CACHE: str | None = None
+_DISK_CACHE_COUNT = [0]
 
 
 @dataclass

@@ -100,13 +100,14 @@ def serving_module(inference: Any, image_size: int, n_classes: int) -> Any:
 
 
 def export_trial(row: Any, class_names: list[str], weights_file: Path, out: Path,
-                 check_images: np.ndarray, test: tuple[np.ndarray, np.ndarray] | None = None,
+                 check_images: np.ndarray, test: tuple[Any, np.ndarray | None] | None = None,
                  ) -> ExportReport:
     """Write ``out`` (SavedModel, model.keras, labels.txt, automl.json) and verify the round trip.
 
     ``check_images`` (a few validation images, uint8 HxWx3) are predicted in memory and by the
     reloaded SavedModel; any difference above 1e-4 fails the export and leaves ``out`` untouched.
-    ``test`` (images, labels) re-measures test accuracy with the reloaded model.
+    ``test`` (a batched (images, labels) dataset, and the labels) re-measures test accuracy with
+    the reloaded model; a difference of more than one image fails the export.
     """
     import tensorflow as tf
 
@@ -116,6 +117,7 @@ def export_trial(row: Any, class_names: list[str], weights_file: Path, out: Path
     size = int(row["image_size"])
     module = serving_module(tm.inference, size, len(class_names))
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent.resolve()))
     try:
         tf.saved_model.save(module, str(staging), signatures={
@@ -135,29 +137,41 @@ def export_trial(row: Any, class_names: list[str], weights_file: Path, out: Path
         if not diff <= 1e-4:
             raise ConfigError(f"export check failed: the reloaded SavedModel's predictions differ "
                               f"from the trained model's by {diff:.3g}; nothing was written.")
+        odd = tf.image.resize(check_images[:2], (size + 7, size * 2 - 3)).numpy()
+        if reloaded(tf.constant(odd, tf.float32)).shape != expected[:2].shape:
+            raise ConfigError("export check failed: the SavedModel does not accept other sizes.")
         reloaded_test = None
+        recorded = _recorded_test(row)
         if test is not None:
             probs = predict_batches(reloaded, test[0])
-            reloaded_test = scores(probs, test[1])[1]
+            labels = np.concatenate([y for _, y in test[0]]) if test[1] is None else test[1]
+            reloaded_test = scores(probs, labels)[1]
+            # cached-feature evaluation may round one borderline image differently, never more
+            if recorded is not None and abs(reloaded_test - recorded) > 1.0 / len(labels) + 1e-9:
+                raise ConfigError(
+                    f"export check failed: the reloaded SavedModel's test accuracy "
+                    f"{reloaded_test:.4f} differs from the recorded {recorded:.4f}; nothing was "
+                    "written.")
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    recorded = row.get("test_accuracy")
-    return ExportReport(out, int(row["trial"]), float(row["val_accuracy"]),
-                        None if recorded is None or np.isnan(recorded) else float(recorded),
+    return ExportReport(out, int(row["trial"]), float(row["val_accuracy"]), recorded,
                         reloaded_test, diff)
 
 
-def predict_batches(model: Any, images: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Probabilities of a reloaded SavedModel over many same-sized images."""
+def _recorded_test(row: Any) -> float | None:
+    value = row.get("test_accuracy")
+    return None if value is None or np.isnan(value) else float(value)
+
+
+def predict_batches(model: Any, batches: Any) -> np.ndarray:
+    """Probabilities of a reloaded SavedModel over batches of (images, labels)."""
     import tensorflow as tf
 
-    parts = [model(tf.constant(images[i:i + batch], tf.float32)).numpy()
-             for i in range(0, len(images), batch)]
-    return np.concatenate(parts)
+    return np.concatenate([model(tf.cast(x, tf.float32)).numpy() for x, _ in batches])
 
 
 def load_exported(model_dir: Path) -> tuple[Any, list[str]]:
@@ -198,6 +212,8 @@ def export_study(results: Path, study_name: str, storage: str | None, trial: int
     from automl.study import open_study
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: that is a file; expected a folder to write the model to.")
     if out.exists() and not (out / "saved_model.pb").is_file() and any(out.iterdir()):
         raise ConfigError(f"--out {out}: the folder exists and is not an earlier export; "
                           "choose an empty or new folder.")
@@ -216,7 +232,14 @@ def export_study(results: Path, study_name: str, storage: str | None, trial: int
     size = int(row["image_size"])
     val = np.stack(list(data.validation.images(size).take(check).as_numpy_iterator()))
     test = None
+    if data.fingerprint != meta.get("fingerprint"):
+        import logging
+
+        logging.getLogger("automl").warning(
+            "the data (%s) changed since the search; the export is checked on it but its test "
+            "accuracy is not compared with the recorded one", data.source)
+        row = row.copy()
+        row["test_accuracy"] = float("nan")
     if data.test is not None:
-        images = np.stack(list(data.test.images(size).as_numpy_iterator()))
-        test = (images, data.test.labels)
+        test = (data.test.dataset(size, 256), data.test.labels)
     return export_trial(row, class_names, weights, out, val, test)

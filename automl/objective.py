@@ -13,7 +13,7 @@ from automl.atomic import write_atomic
 from automl.backbones import get_spec
 from automl.config import RunConfig, TrialConfig
 from automl.data import Datasets, Split
-from automl.errors import AutoMLError, TrialFailed
+from automl.errors import AutoMLError, TrialFailed, WeightsError
 from automl.features import FeatureCache, FeatureKey
 from automl.model import TransferModel, build_model, count_params, reset_keras
 from automl.train import Phase, Reporter, TrainLog, train_two_phase
@@ -84,7 +84,13 @@ def run_trial(config: TrialConfig, ctx: SearchContext, number: int,
         tm = build_model(config, spec, n_classes, source.weights, seed=run.seed + number)
     except AutoMLError:
         raise
-    except (ValueError, TypeError, OSError) as exc:
+    except Exception as exc:
+        if source.kind == "download":
+            raise WeightsError(f"downloading the ImageNet weights of '{spec.name}' failed ({exc}). "
+                               "Use --weights-dir DIR with the file, or another backbone."
+                               ) from None
+        if not isinstance(exc, ValueError | TypeError | OSError):
+            raise
         raise TrialFailed(f"{spec.name} cannot be built at {config.image_size} px: {exc}") from exc
     import keras
 

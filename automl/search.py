@@ -48,7 +48,8 @@ def validate(req: SearchRequest) -> None:
                           "(the number of finished trials the study should end with).")
     if req.timeout is not None and req.timeout < 0:
         raise ConfigError(f"--timeout {req.timeout:g}: expected a number of seconds >= 0.")
-    for flag, value, low in (("--epochs", req.run.epochs, 1), ("--batch-size",
+    for flag, value, low in (("--keep-weights", req.run.keep_weights, 1),
+                             ("--epochs", req.run.epochs, 1), ("--batch-size",
                              req.run.batch_size, 1), ("--fine-tune-epochs",
                              req.run.fine_tune_epochs, 0)):
         if value < low:
@@ -63,12 +64,19 @@ def validate(req: SearchRequest) -> None:
 def usable_backbones(space: SearchSpace, resolver: Any) -> tuple[SearchSpace, list[str]]:
     """Drop backbones whose weights cannot be had here; WeightsError if none is left."""
     dropped: dict[str, str] = {}
-    size = min(space.params["image_size"].values())
+    if resolver.explicit not in (None, "none") and len(space.backbones()) > 1:
+        raise ConfigError(f"--weights {resolver.explicit}: one weights file fits one backbone, but "
+                          f"{space.source} searches {', '.join(space.backbones())}. Fix the "
+                          "backbone in the space, or use --weights-dir DIR with files named as "
+                          "Keras names them.")
+    sizes = sorted(set(space.params["image_size"].values()))
     for name in space.backbones():
-        try:
-            resolver.resolve(get_spec(name), size, convert=False)
-        except WeightsError as exc:
-            dropped[name] = str(exc)
+        for size in sizes:  # some backbones have one weights file per input size
+            try:
+                resolver.resolve(get_spec(name), size, convert=False)
+            except WeightsError as exc:
+                dropped[name] = str(exc)
+                break
     kept = [b for b in space.backbones() if b not in dropped]
     if not kept:
         reasons = " ".join(dropped.values())
@@ -92,9 +100,6 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print) -> Any:
     space, _ = usable_backbones(space, resolver)
     data = load_data(req.data, val_split=req.val_split, test_split=req.test_split,
                      seed=req.run.seed)
-    if data.skipped:
-        log.warning("%d image files could not be decoded and were skipped, e.g. %s",
-                    len(data.skipped), ", ".join(data.skipped[:3]))
 
     import optuna
 
@@ -110,7 +115,8 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print) -> Any:
     _check_same_data(study, data, req)
     # a resumed search must not replay the same random start points
     study.sampler = optuna.samplers.TPESampler(seed=req.run.seed + len(study.trials))
-    stale = optuna_driver.recover_stale(study)
+    # with a shared --storage another worker may be running a trial right now: leave it alone
+    stale = optuna_driver.recover_stale(study) if req.storage is None else []
     if stale:
         echo(f"marked trial(s) {', '.join(map(str, stale))} as failed: they were left running "
              "by a process that stopped")
@@ -138,7 +144,10 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print) -> Any:
 
 def _check_same_data(study: Any, data: Any, req: SearchRequest) -> None:
     """Record the data on a new study; refuse to mix data sets in one study."""
-    meta = {"source": data.source, "data": req.data, "fingerprint": data.fingerprint,
+    where = req.data
+    if where is not None and Path(where).expanduser().exists():
+        where = str(Path(where).expanduser().resolve())  # export may run from another folder
+    meta = {"source": data.source, "data": where, "fingerprint": data.fingerprint,
             "val_split": req.val_split, "test_split": req.test_split, "seed": req.run.seed}
     known = study.user_attrs.get("data")
     if known is None:

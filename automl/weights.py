@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,11 +47,20 @@ def download_reachable(timeout: float = 2.0) -> bool:
     """
     if os.environ.get("AUTOML_OFFLINE", "") not in ("", "0"):
         return False
-    try:
-        with socket.create_connection((KERAS_HOST, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((KERAS_HOST, 443), timeout=timeout):
+                answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    # the DNS lookup has no timeout of its own: a dead resolver must not stall the command
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(answer and answer[0])
 
 
 @functools.lru_cache(maxsize=64)

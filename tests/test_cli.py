@@ -89,6 +89,14 @@ def test_export_reloads_and_reproduces_test_accuracy(run: dict[str, Path],
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert scores(probs, data.test.labels)[1] == pytest.approx(float(best["test_accuracy"]),
                                                                abs=1e-6)
+    # the .keras file (with automl's layers registered) predicts exactly what the SavedModel does
+    import keras
+
+    import automl.layers  # noqa: F401 - registers Preprocess for deserialisation
+
+    in_process = keras.saving.load_model(str(out / "model.keras"))
+    np.testing.assert_allclose(in_process.predict(images[:64].astype(np.float32), verbose=0),
+                               probs[:64], atol=1e-5)
     # any size and uint8 work too: resizing is inside the graph
     big = tf.image.resize(images[:4], (77, 51)).numpy().astype(np.uint8)
     assert model.predict_uint8(tf.constant(big)).shape == (4, 10)

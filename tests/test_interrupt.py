@@ -24,7 +24,7 @@ learning_rate: {low: 1.0e-4, high: 1.0e-3, log: true}
 def _command(root: Path, trials: int, epochs: int) -> list[str]:
     return [sys.executable, "-m", "automl.cli", "search", "--space", str(root / "space.yaml"),
             "--results", str(root / "results"), "--trials", str(trials), "--epochs",
-            str(epochs), "--batch-size", "256", "--pruner", "none"]
+            str(epochs), "--batch-size", "16", "--pruner", "none"]
 
 
 def _rows(root: Path) -> list[dict[str, str]]:
@@ -43,7 +43,7 @@ def _start_and_wait_for_a_trial(root: Path, trials: int) -> subprocess.Popen:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if any(r["state"] == "COMPLETE" for r in _rows(root)):
-            time.sleep(3)  # well into the next trial's training
+            time.sleep(2)  # well into the next trial's training (small batches: long epochs)
             return proc
         time.sleep(1)
     proc.kill()

@@ -78,8 +78,17 @@ def plan(space: SearchSpace, study: optuna.Study, trial: optuna.Trial, n_trials:
     if len(screened) < max(1, math.ceil(screen_fraction * n_trials)) or not best:
         trial.set_user_attr("stage", "screen")
         return suggest(space.screening(), trial)
-    refined = sum(1 for t in trials if t.user_attrs.get("stage") == "refine")
-    base = best[refined % min(REFINE_TOP, len(best))]
+    refinements = [t.user_attrs.get("refines") for t in trials
+                   if t.user_attrs.get("stage") == "refine"]
+    if all(isinstance(p, Fixed) for p in refine.values()):
+        # one refinement per base: a second would only repeat the same configuration
+        fresh = [t for t in best if t.number not in refinements]
+        if not fresh:
+            trial.set_user_attr("stage", "screen")
+            return suggest(space.screening(), trial)
+        base = fresh[0]
+    else:
+        base = best[len(refinements) % min(REFINE_TOP, len(best))]
     params = dict(base.user_attrs["config"])
     for name, p in refine.items():
         params[name] = suggest_param(p, trial, f"refine_{name}")
@@ -115,7 +124,17 @@ def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials
         trial = study.ask()
         ran += 1
         try:
-            params = plan(space, study, trial, n_trials, screen_fraction)
+            try:
+                params = plan(space, study, trial, n_trials, screen_fraction)
+            except ValueError as exc:  # Optuna: a parameter's choices differ from earlier trials
+                _fail(study, trial, TrainLog(), f"search space changed: {exc}")
+                raise ConfigError(
+                    f"the search space differs from the one this study was started with ({exc}). "
+                    "Use the same space (and make the same backbones' weights available), or "
+                    "start a new study with --study NAME.") from None
+            except KeyboardInterrupt:
+                _fail(study, trial, TrainLog(), "interrupted by the user (Ctrl-C)", "INTERRUPTED")
+                raise
             state = _run_one(params, ctx, study, trial)
         finally:  # also after Ctrl-C: the leaderboard shows the interrupted trial
             gc.collect()
