@@ -329,8 +329,8 @@ def trained() -> dict[str, object]:
     reset_keras(1)
     tm = build_model(_config(freeze_depth=0.8, head_width=8, dropout=0.0), SPEC, 2,
                      weights=converted_weights(0), seed=1)
-    x_train, y_train = _task(32, seed=1)
-    x_val, y_val = _task(16, seed=2)
+    x_train, y_train = _task(128, seed=1)
+    x_val, y_val = _task(64, seed=2)
     pooled, at_cut = tm.feature_model(at_cut=False), tm.feature_model(at_cut=True)
     backbone = _layers(tm)
     state: dict[str, object] = {"tm": tm, "before": _values(backbone), "phase2_calls": 0}
@@ -399,8 +399,8 @@ def test_the_task_was_learned(trained: dict) -> None:
     tm: TransferModel = trained["tm"]
     probs = _run(tm.inference, trained["x_val"])
     accuracy = float(np.mean((probs > 0.5) == (trained["y_val"] > 0.5)))
-    assert accuracy >= 0.75  # 16 images; chance is 0.5
-    assert max(row["val_accuracy"] for row in trained["log"].epochs) >= 0.9
+    assert accuracy >= 0.8  # 64 images; chance is 0.5
+    assert max(row["val_accuracy"] for row in trained["log"].epochs) >= 0.8
 
 
 class Stop(Exception):
