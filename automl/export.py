@@ -36,10 +36,10 @@ class ExportReport:
 
 def pick_trial(board: Any, trial: int | None) -> Any:
     """The leaderboard row to export: the best finished trial, or trial ``trial``."""
-    if board.empty or (board["state"] == "COMPLETE").sum() == 0:
-        raise ConfigError("the study has no finished (COMPLETE) trial to export yet; run "
-                          "`automl search` until at least one trial completes.")
     if trial is None:
+        if board.empty or (board["state"] == "COMPLETE").sum() == 0:
+            raise ConfigError("the study has no finished (COMPLETE) trial to export yet; run "
+                              "`automl search` until at least one trial completes.")
         rows = board[(board["state"] == "COMPLETE") & board["weights_kept"]]
         if rows.empty:
             raise ConfigError("no finished trial has its weights kept; re-run the search.")

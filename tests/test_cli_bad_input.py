@@ -1,0 +1,134 @@
+"""Every kind of bad input through the CLI: one message, exit 2, earlier results byte-identical."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from PIL import Image
+
+from automl.cli import main
+
+
+def _image(path: Path, value: int = 100) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+
+
+def _classes(root: Path, names: tuple[str, ...], per_class: int = 6) -> Path:
+    for name in names:
+        for i in range(per_class):
+            _image(root / name / f"{i}.png", 20 * i)
+    return root
+
+
+@pytest.fixture()
+def results(tmp_path: Path) -> Path:
+    """An earlier study: study.db, a leaderboard and kept weights, whose bytes must not change."""
+    from automl.study import open_study
+
+    root = tmp_path / "results"
+    study = open_study(root, "default", None, create=True)
+    trial = study.ask()
+    trial.set_user_attr("config", {"backbone": "efficientnet_lite0"})
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    (root / "default" / "leaderboard.csv").write_text("trial,state\n0,PRUNED\n")
+    (root / "default" / "trials" / "trial_0000").mkdir(parents=True)
+    (root / "default" / "trials" / "trial_0000" / "model.weights.h5").write_bytes(b"w" * 64)
+    return root
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def _npz(path: Path, **arrays: np.ndarray) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+X, Y = np.zeros((6, 8, 8), np.uint8), np.arange(6) % 2
+DATA: dict[str, tuple[Callable[[Path], Path | str], str]] = {
+    "missing path": (lambda t: t / "nope", "does not exist"),
+    "not a dir or npz": (lambda t: (t / "a.txt").write_text("x") and t / "a.txt",
+                         "neither a directory nor an .npz"),
+    "empty dir": (lambda t: (t / "e").mkdir() or t / "e", "is empty"),
+    "one class": (lambda t: _classes(t / "one", ("cat",)), "only one class"),
+    "class without images": (lambda t: (_classes(t / "h", ("cat", "dog")) / "emu").mkdir()
+                             or t / "h", "has no images"),
+    "class sets differ": (lambda t: _classes(t / "s" / "train", ("cat", "dog")) and _classes(
+        t / "s" / "validation", ("cat", "emu")) and t / "s", "differ"),
+    "npz without x_train": (lambda t: _npz(t / "a.npz", x_val=X, y_val=Y), "no x_train"),
+    "npz lengths differ": (lambda t: _npz(t / "b.npz", x_train=X, y_train=Y[:5]), "6 images"),
+    "npz not images": (lambda t: _npz(t / "c.npz", x_train=np.zeros((6, 4)), y_train=Y),
+                       "not a stack of images"),
+    "npz pickled objects": (lambda t: _npz(t / "d.npz", x_train=X, y_train=np.array(
+        [{"a": 1}] * 6, dtype=object)), "pickled"),
+}
+
+SPACES = {
+    "unparsable YAML": ("backbone: [unclosed\n", "this is not valid YAML"),
+    "unknown key": ("epochz: 3\n", "unknown key 'epochz'"),
+    "unknown backbone": ("backbone: vgg17\n", "'vgg17' is not a known backbone"),
+    "unknown augmentation": ("augmentation: wobble\n", "'wobble' is not allowed"),
+    "wrong type": ("dropout: lots\n", "'lots' is a str"),
+    "low > high": ("dropout: {low: 0.5, high: 0.1}\n", "low (0.5) is greater than high (0.1)"),
+    "log with low <= 0": ("learning_rate: {low: 0.0, high: 0.1, log: true}\n",
+                          "a log range needs low > 0"),
+    "size below minimum": ("backbone: inception_v3\nimage_size: 32\n",
+                           "below the minimum input size of backbone 'inception_v3'"),
+}
+
+
+def _check(argv: list[str], message: str, results: Path, capsys: pytest.CaptureFixture,
+           culprit: str = "") -> None:
+    before = _snapshot(results)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and culprit in err, err
+    assert "Traceback" not in err and err.count("\n") == 1  # one paragraph
+    assert _snapshot(results) == before
+
+
+@pytest.mark.parametrize("case", DATA)
+def test_bad_data(case: str, tmp_path: Path, results: Path,
+                  capsys: pytest.CaptureFixture) -> None:
+    make, message = DATA[case]
+    source = make(tmp_path)
+    _check(["search", "--data", str(source), "--results", str(results)], message, results,
+           capsys, culprit=str(source))
+
+
+@pytest.mark.parametrize("case", SPACES)
+def test_bad_space(case: str, tmp_path: Path, results: Path,
+                   capsys: pytest.CaptureFixture) -> None:
+    text, message = SPACES[case]
+    space = tmp_path / "space.yaml"
+    space.write_text(text)
+    _check(["search", "--space", str(space), "--results", str(results)], message, results,
+           capsys, culprit=str(space))
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["search", "--trials", "0"], "--trials 0"),
+    (["search", "--trials", "-2"], "--trials -2"),
+    (["search", "--timeout", "-5"], "--timeout -5"),
+    (["search", "--keep-weights", "0"], "--keep-weights 0"),
+    (["export", "--out", "m"], "no finished (COMPLETE) trial to export"),
+    (["export", "--trial", "0", "--out", "m"], "--trial 0: that trial is PRUNED"),
+    (["export", "--study", "ghost", "--out", "m"], "there is no study 'ghost'"),
+    (["leaderboard", "--study", "ghost"], "there is no study 'ghost'"),
+])
+def test_bad_cli_flags(argv: list[str], message: str, results: Path,
+                       capsys: pytest.CaptureFixture) -> None:
+    _check([*argv, "--results", str(results)], message, results, capsys)
+
+
+def test_predict_on_a_folder_that_is_not_a_model(results: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    _check(["predict", str(results), "x.png"], "is not a model exported by `automl export`",
+           results, capsys)
