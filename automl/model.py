@@ -142,6 +142,8 @@ def build_model(config: TrialConfig, spec: BackboneSpec, n_classes: int,
             layer.trainable = False
     cut = choose_cut(block_cuts(backbone, spec.block_pattern), config.freeze_depth)
     bottom, top = _split(backbone, cut)
+    # the head's initial weights depend on the seed only, not on what loading the backbone drew
+    keras.utils.set_random_seed(seed)
 
     features = backbone.output.shape[-1]
     pooled = keras.Input((features,), name="pooled_features")

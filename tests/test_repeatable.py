@@ -1,0 +1,60 @@
+"""Seeds make a trial repeatable, and cached activations train exactly what live images do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from automl.config import RunConfig, TrialConfig
+from automl.data import load_data
+from automl.features import FeatureCache
+from automl.objective import SearchContext, TrialResult, run_trial
+from automl.weights import WeightsResolver
+
+CONFIG = TrialConfig("efficientnet_lite0", 32, 0.98, 64, 0.2, 3e-3, "none")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - a Datasets
+    """A fifth of the embedded default (as an .npz), to keep the live-path trial short."""
+    import numpy as np
+
+    full = load_data(None)
+    arrays = {}
+    for split, key in ((full.train, "train"), (full.validation, "val"), (full.test, "test")):
+        keep = np.arange(len(split))[::5]
+        arrays[f"x_{key}"] = np.stack(list(split.images(28).as_numpy_iterator()))[keep]
+        arrays[f"y_{key}"] = split.labels[keep]
+    path = tmp_path_factory.mktemp("data") / "animals.npz"
+    np.savez(path, **arrays, class_names=np.array(full.class_names))
+    return load_data(str(path))
+
+
+def _trial(data, tmp: Path, cache: FeatureCache, cached: bool) -> TrialResult:  # noqa: ANN001
+    run = RunConfig(epochs=2, fine_tune_epochs=1, batch_size=128, feature_cache=cached)
+    ctx = SearchContext(data, run, WeightsResolver(), cache, tmp)
+    return run_trial(CONFIG, ctx, number=3)
+
+
+@pytest.mark.slow
+def test_same_seed_same_result_whether_the_cache_was_cold_or_warm(data, tmp_path: Path,
+                                                                  ) -> None:  # noqa: ANN001
+    cache = FeatureCache(tmp_path / "features", 1 << 30)
+    cold = _trial(data, tmp_path / "a", cache, cached=True)
+    warm = _trial(data, tmp_path / "b", cache, cached=True)
+    assert cache.misses > 0 and cache.hits > 0
+    assert (cold.val_accuracy, cold.val_loss, cold.test_accuracy, cold.epochs) == (
+        warm.val_accuracy, warm.val_loss, warm.test_accuracy, warm.epochs)
+    assert [r["val_loss"] for r in cold.history] == [r["val_loss"] for r in warm.history]
+
+
+@pytest.mark.slow
+def test_cached_training_matches_the_live_path(data, tmp_path: Path) -> None:  # noqa: ANN001
+    cached = _trial(data, tmp_path / "a", FeatureCache(None, 1 << 30), cached=True)
+    live = _trial(data, tmp_path / "b", FeatureCache(None, 1 << 30), cached=False)
+    assert cached.best_phase == live.best_phase and cached.epochs == live.epochs
+    for a, b in zip(cached.history, live.history, strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
+    one_image = 1.0 / len(data.validation)
+    assert abs(cached.val_accuracy - live.val_accuracy) <= one_image + 1e-9
