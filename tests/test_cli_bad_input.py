@@ -132,3 +132,30 @@ def test_predict_on_a_folder_that_is_not_a_model(results: Path,
                                                  capsys: pytest.CaptureFixture) -> None:
     _check(["predict", str(results), "x.png"], "is not a model exported by `automl export`",
            results, capsys)
+
+
+def test_undecodable_files_are_skipped_with_one_warning(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """Broken images are skipped with one warning; hidden and non-image files are ignored."""
+    data = _classes(tmp_path / "data", ("snow leopard", "čáp"), per_class=10)
+    (data / "čáp" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (data / "čáp" / "notes.jpg").write_text("a text file named .jpg")
+    (data / "čáp" / ".hidden.png").write_bytes(b"junk")
+    (data / "snow leopard" / "README.txt").write_text("ignored")
+    space = tmp_path / "space.yaml"
+    space.write_text("backbone: efficientnet_lite0\nimage_size: 32\n")
+    results = tmp_path / "results"
+    assert main(["search", "--data", str(data), "--space", str(space), "--results",
+                 str(results), "--trials", "1", "--epochs", "1", "--fine-tune-epochs", "0",
+                 "--val-split", "0.3", "--test-split", "0.3"]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert "2 file(s)" in warnings[0] and "broken.jpg" in warnings[0]
+    assert "notes.jpg" in warnings[0] and ".hidden" not in err
+    board = (results / "default" / "leaderboard.csv").read_text(encoding="utf-8")
+    assert "COMPLETE" in board
+    from automl.study import open_study
+
+    names = open_study(results, "default", None, create=False).user_attrs["class_names"]
+    assert names == ["snow leopard", "čáp"]
