@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -81,7 +82,11 @@ def contender_search(args: argparse.Namespace, cached: bool) -> dict[str, Any]:
     rss: list[float] = []
     start, t0 = time.monotonic(), time.time()  # the clock includes loading the data
 
+    counts: list[int] = []
+
     def echo(line: str) -> None:
+        if not counts:  # the first line says how many images each split has
+            counts.extend(int(n) for n in re.findall(r"(\d+) (?:train|validation|test)", line))
         if line.startswith("["):  # one progress line per finished trial
             rss.append(rss_mb())
             print(f"  {time.monotonic() - start:7.1f}s {line[:110]}", flush=True)
@@ -101,7 +106,23 @@ def contender_search(args: argparse.Namespace, cached: bool) -> dict[str, Any]:
                 best_test = (t.user_attrs.get("result") or {}).get("test_accuracy")
     return {"wall": wall, "trials": finished, "timeline": timeline, "best_val": best_val,
             "best_test": best_test, "rss_per_trial": rss,
+            "cache_per_trial": _cache_per_trial(study, results / "bench" / "features",
+                                                sum(counts)),
             "peak_rss": peak_rss_mb()}
+
+
+def _cache_per_trial(study: Any, features: Path, n_images: int) -> list[float]:
+    """MB held by the bounded caches after each trial: activations stored so far plus the
+    resized image tensors of every image size used so far (in-memory data)."""
+    files = [(f.stat().st_mtime, f.stat().st_size) for f in features.glob("*.npy")]
+    out, sizes = [], set()
+    for t in study.trials:
+        sizes.add((t.user_attrs.get("config") or {}).get("image_size"))
+        done = (t.datetime_complete or t.datetime_start).timestamp() + 1.0
+        feats = sum(size for mtime, size in files if mtime <= done)
+        images = sum(n_images * s * s * 3 for s in sizes if s)
+        out.append((feats + images) / 2**20)
+    return out
 
 
 def _naive_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -354,8 +375,8 @@ def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         tl = r["timeline"]
         lines.append(f"{NAMES[key]:38} {r['wall']:8.0f} {r['trials']:6d} "
                      f"{fmt(r['best_val'], '.4f', '-'):>8} {fmt(r['best_test'], '.4f', '-'):>7} "
-                     f"{fmt(time_to_reach(tl, target_d) if target_d else None):>9} "
-                     f"{fmt(time_to_reach(tl, target_c) if target_c else None):>9} "
+                     f"{fmt(time_to_reach(tl, target_d)) if target_d else '-':>9} "
+                     f"{fmt(time_to_reach(tl, target_c)) if target_c else '-':>9} "
                      f"{r['peak_rss']:11.0f}")
     lines.append("")
     if "a" in res:
@@ -378,6 +399,13 @@ def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
             lines.append(f"(a) RSS after trial 1: {rss[0]:.0f} MB, after trial {len(upto)}: "
                          f"{upto[-1]:.0f} MB (growth {upto[-1] - upto[0]:+.0f} MB), after the "
                          f"last ({len(rss)}): {rss[-1]:.0f} MB, max {max(rss):.0f} MB")
+            cache = a.get("cache_per_trial") or []
+            if len(cache) == len(rss):
+                rest = [r - c for r, c in zip(rss, cache, strict=True)]
+                lines.append(f"(a) of which bounded caches (activations + resized images): "
+                             f"{cache[0]:.0f} MB after trial 1, {cache[-1]:.0f} MB at the end; "
+                             f"RSS outside the caches grew {rest[-1] - rest[0]:+.0f} MB over "
+                             f"{len(rss)} trials (max {max(rest) - rest[0]:+.0f} MB)")
     if "throughput" in res:
         for row in res["throughput"]["rows"]:
             lines.append(f"feature extraction {row['backbone']} {row['size']}px: "
