@@ -74,3 +74,17 @@ def test_the_lower_numbered_of_two_trials_asked_at_once_for_the_last_slot_runs()
     assert not _surplus(study, second, 5)
     study.tell(first, state=TrialState.FAIL)  # the first one failed: the second is needed now
     assert not _surplus(study, second, 4)
+
+
+def test_pruning_kept_weights_spares_a_screened_trial_a_running_refinement_needs(
+        tmp_path: Path) -> None:
+    import pandas as pd
+
+    from automl.search import _keep_best_weights
+
+    for number in range(4):
+        (tmp_path / f"trial_{number:04d}").mkdir()
+    board = pd.DataFrame({"trial": [0, 1, 2, 3], "state": ["COMPLETE"] * 3 + ["RUNNING"]})
+    _keep_best_weights(board, tmp_path, keep=1, in_use={2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trial_0000", "trial_0002",
+                                                          "trial_0003"]
