@@ -58,6 +58,8 @@ class RetryStale:
         kept = copy.deepcopy(trial)
         kept.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in INHERITED}
         kept.user_attrs["retry_of"] = trial.user_attrs.get("retry_of", trial.number)
+        # the dead worker's last beat would make the copy look stale the moment it is taken
+        kept.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != _BEAT_ATTR}
         self._retry(study, kept)
 
 

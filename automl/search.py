@@ -63,9 +63,9 @@ def validate(req: SearchRequest) -> None:
                           "to 1 of the trials spent screening on cached features.")
     if req.heartbeat < 1 or (req.heartbeat_grace is not None
                              and req.heartbeat_grace <= req.heartbeat):
-        raise ConfigError(f"--heartbeat {req.heartbeat} / --heartbeat-grace "
-                          f"{req.heartbeat_grace}: expected whole seconds, the interval at least "
-                          "1 and the grace period longer than the interval.")
+        grace = "" if req.heartbeat_grace is None else f" --heartbeat-grace {req.heartbeat_grace}"
+        raise ConfigError(f"--heartbeat {req.heartbeat}{grace}: expected whole seconds, the "
+                          "interval at least 1 and the grace period longer than the interval.")
     if not req.study or any(c in req.study for c in "/\\") or req.study.startswith("."):
         raise ConfigError(f"--study {req.study!r}: expected a plain name (no slashes).")
 

@@ -119,6 +119,9 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None) -> Any:
     journal = journal_path(url)
     if journal is not None:
         return _open_journal(journal, heartbeat)
+    if "://" not in url:
+        raise ConfigError(f"--storage {url}: expected a database URL (postgresql://user@host/db, "
+                          "mysql+pymysql://user@host/db, sqlite:///FILE) or journal:FILE.")
     import optuna
 
     kwargs: dict[str, Any] = {}

@@ -15,6 +15,8 @@ from automl.drivers.optuna_driver import _surplus, counts
 from automl.study import Heartbeat, open_study
 
 BEAT = Heartbeat(interval=1, grace=1, max_retry=2)
+# these tests ask() directly, as our driver does (it filters Optuna's hint about optimize())
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed")
 
 
 def _storages(tmp_path: Path) -> dict[str, str]:
@@ -46,6 +48,8 @@ def test_a_silent_workers_trial_is_failed_and_retried_with_its_configuration(
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     queued = alive.ask()  # the next ask of any worker takes the queued copy
     assert queued.number == 1
+    heartbeat.fail_stale(dead)  # taken over before its first beat: not stale (no old beat kept)
+    assert dead.trials[1].state == TrialState.RUNNING
     assert queued.params == trial.params
     assert queued.user_attrs == {"config": {"learning_rate": trial.params["learning_rate"]},
                                  "stage": "refine", "refines": 3, "retry_of": 0}
@@ -88,3 +92,16 @@ def test_pruning_kept_weights_spares_a_screened_trial_a_running_refinement_needs
     _keep_best_weights(board, tmp_path, keep=1, in_use={2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trial_0000", "trial_0002",
                                                           "trial_0003"]
+
+
+def test_heartbeat_flags_are_checked() -> None:
+    from automl.errors import ConfigError
+    from automl.search import SearchRequest, validate
+
+    with pytest.raises(ConfigError) as info:
+        validate(SearchRequest(heartbeat=5, heartbeat_grace=5))
+    assert str(info.value) == ("--heartbeat 5 --heartbeat-grace 5: expected whole seconds, the "
+                               "interval at least 1 and the grace period longer than the "
+                               "interval.")
+    with pytest.raises(ConfigError, match=r"^--heartbeat 0: expected whole seconds"):
+        validate(SearchRequest(heartbeat=0))

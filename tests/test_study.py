@@ -85,3 +85,11 @@ def test_a_missing_study_in_a_storage_names_the_storage(tmp_path: Path) -> None:
         open_study(tmp_path, "missing", url, create=False)
     with pytest.raises(ConfigError, match=r"there is no journal file .*none\.journal"):
         open_study(tmp_path, "x", f"journal:{tmp_path / 'none.journal'}", create=False)
+
+
+def test_a_storage_that_is_neither_url_nor_journal_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        open_storage("/shared/study.db")
+    assert str(info.value) == ("--storage /shared/study.db: expected a database URL "
+                               "(postgresql://user@host/db, mysql+pymysql://user@host/db, "
+                               "sqlite:///FILE) or journal:FILE.")

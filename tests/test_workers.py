@@ -214,3 +214,17 @@ def test_two_workers_on_a_journal_file(root: Path) -> None:
     numbers = [int(r["trial"]) for r in rows]
     assert len(numbers) == len(set(numbers))
     assert {int(r["host"].rsplit(":", 1)[1]) for r in rows} <= {p.pid for p in procs.values()}
+
+
+def test_a_wrong_password_is_refused_in_one_line_without_the_password(
+        server: Server, capsys: pytest.CaptureFixture) -> None:
+    from automl.cli import main
+
+    wrong = "not-the-Pa55word"
+    code = main(["leaderboard", "--storage", server.url(password=wrong), "--study", "shared"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"error: cannot connect to the study storage at postgresql://automl:***@"
+                          f"{server.host}:{server.port}/automl: ")
+    assert 'password authentication failed for user "automl"' in err
+    assert wrong not in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
