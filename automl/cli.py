@@ -159,7 +159,9 @@ def _print_board(a: argparse.Namespace, study: object, top: int) -> None:
         print()
         print(leaderboard.summary(board).to_string(index=False,
                                                    float_format=lambda v: f"{v:.4g}"))
-    print(f"\nleaderboard: {Path(a.results) / a.study / 'leaderboard.csv'}")
+    written = Path(a.results) / a.study / "leaderboard.csv"
+    if written.is_file():  # not on a machine that only reads a shared --storage
+        print(f"\nleaderboard: {written}")
 
 
 def cmd_leaderboard(a: argparse.Namespace) -> int:

@@ -75,7 +75,10 @@ def _password(url: str) -> str | None:
 def _scrub(text: str, url: str) -> str:
     secret = _password(url)
     if secret:
-        text = text.replace(secret, "***")
+        from urllib.parse import unquote
+
+        for form in {secret, unquote(secret)}:
+            text = text.replace(form, "***")
     return re.sub(r"(?i)(password=)[^&;\s]*", r"\1***", text)
 
 
