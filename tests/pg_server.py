@@ -15,11 +15,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 USER, PASSWORD, DATABASE = "automl", "s3cr3t-Pa55word", "automl"
@@ -50,6 +53,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _retry(connect: Callable[[], Any], seconds: float = 30) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return connect()
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _wait_for_password_checks(port: int, seconds: float = 30) -> None:
+    """Return once the server refuses the test role a wrong password (pg_hba.conf reloaded)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            psycopg.connect(host="127.0.0.1", port=port, user=USER, password="wrong",
+                            dbname=DATABASE).close()
+        except psycopg.OperationalError as exc:
+            if "password authentication failed" in str(exc):
+                return
+        time.sleep(0.2)
+    raise RuntimeError("the PostgreSQL server did not start checking passwords")
+
+
 @contextmanager
 def postgres_server() -> Iterator[Server]:
     """Start PostgreSQL on a free port; stop it and delete its files afterwards."""
@@ -77,10 +105,9 @@ def postgres_server() -> Iterator[Server]:
                                   dbname=DATABASE, user="postgres", timeout=120)
     executor.start()
     try:
-        import psycopg
-
-        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
-                             autocommit=True) as conn:
+        # the port opens a moment before the server accepts logins ("starting up")
+        with _retry(lambda: psycopg.connect(host="127.0.0.1", port=port, user="postgres",
+                                            dbname="postgres", autocommit=True)) as conn:
             conn.execute(f"CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'")
             conn.execute(f"CREATE DATABASE {DATABASE} OWNER {USER}")
         # the test role must log in with its password; the fixture's own superuser may not
@@ -90,6 +117,7 @@ def postgres_server() -> Iterator[Server]:
                        "local all postgres trust\n")
         subprocess.run([executable, "reload", "-D", str(base / "data")], check=True,
                        capture_output=True)
+        _wait_for_password_checks(port)  # a reload is asynchronous
         yield Server("127.0.0.1", port)
     finally:
         executor.stop()
