@@ -169,7 +169,8 @@ def cmd_leaderboard(a: argparse.Namespace) -> int:
     from automl.study import artifact_root, open_study
 
     study = open_study(Path(a.results), a.study, a.storage, create=False)
-    board = leaderboard.from_study(study, artifact_root(a.results, a.study, a.artifacts, study))
+    root = artifact_root(a.results, a.study, a.artifacts, study, a.storage)
+    board = leaderboard.from_study(study, root)
     for path, frame in ((a.csv, board), (a.summary_csv, leaderboard.summary(board))):
         if path:
             try:

@@ -223,7 +223,7 @@ def export_study(results: Path, study_name: str, storage: str | None, trial: int
         raise ConfigError(f"--out {out}: the folder exists and is not an earlier export; "
                           "choose an empty or new folder.")
     study = open_study(Path(results), study_name, storage, create=False)
-    root = artifact_root(results, study_name, artifacts, study)
+    root = artifact_root(results, study_name, artifacts, study, storage)
     board = leaderboard.from_study(study, root)
     done = board[board["state"] == "COMPLETE"]
     if trial is None and not done.empty and not done["weights_kept"].any():

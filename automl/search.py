@@ -124,7 +124,8 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print) -> Any:
     study = open_study(Path(req.results), req.study, req.storage, create=True,
                        pruner=optuna_driver.make_pruner(req.pruner), heartbeat=beat)
     _check_same_data(study, data, req)
-    artifacts = artifact_root(req.results, req.study, req.artifacts, study, record=True)
+    artifacts = artifact_root(req.results, req.study, req.artifacts, study, req.storage,
+                              record=True)
     # a resumed search must not replay the same random start points, nor may two workers
     # started at once; with several workers, TPE imagines the running trials' results
     seed = req.run.seed + len(study.trials)

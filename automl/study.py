@@ -196,14 +196,18 @@ def open_study(results: Path, study: str, storage: str | None, *, create: bool,
 
 
 def artifact_root(results: str | Path, study_name: str, artifacts: str | None, study: Any,
-                  record: bool = False) -> Path:
+                  storage: str | None = None, record: bool = False) -> Path:
     """Where kept weights live: ``--artifacts``, else the folder the study recorded (when it is
-    reachable here), else ``<results>/<study>/trials``. ``record`` notes it in a new study."""
+    reachable here), else next to the study: ``<journal folder>/<study>/trials`` for a journal
+    file, ``<results>/<study>/trials`` otherwise. ``record`` notes it in a new study."""
     recorded = study.user_attrs.get("artifacts")
+    journal = journal_path(storage) if storage else None
     if artifacts:
         root = Path(artifacts).expanduser().resolve()
     elif recorded and Path(recorded).is_dir():
         root = Path(recorded)
+    elif journal is not None:
+        root = (journal.parent / study_name / "trials").resolve()
     else:
         root = (Path(results) / study_name / "trials").resolve()
     if record and recorded is None:

@@ -60,12 +60,12 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def search(root: Path, storage: str, study: str, worker: str, trials: int,
-           *extra: str) -> list[str]:
+           *extra: str, artifacts: bool = True) -> list[str]:
+    shared = ["--artifacts", str(root / f"artifacts-{study}")] if artifacts else []
     return [sys.executable, "-m", "automl.cli", "search", "--space", str(root / "space.yaml"),
             "--data", str(root / "tiny.npz"), "--storage", storage, "--study", study,
-            "--results", str(root / f"results-{worker}"), "--artifacts",
-            str(root / f"artifacts-{study}"), "--trials", str(trials), "--batch-size", "16",
-            "--pruner", "none", "--keep-weights", "2", *BEAT, *extra]
+            "--results", str(root / f"results-{worker}"), *shared, "--trials", str(trials),
+            "--batch-size", "16", "--pruner", "none", "--keep-weights", "2", *BEAT, *extra]
 
 
 def start(command: list[str], root: Path, name: str) -> subprocess.Popen:
@@ -205,8 +205,8 @@ def test_a_killed_workers_trial_is_failed_after_the_grace_period_and_retried(
 
 def test_two_workers_on_a_journal_file(root: Path) -> None:
     storage = f"journal:{root / 'shared' / 'study.journal'}"
-    procs = {f"j{i}": start(search(root, storage, "journal", f"j{i}", 6, "--epochs", "3"), root,
-                            f"j{i}") for i in range(2)}
+    procs = {f"j{i}": start(search(root, storage, "journal", f"j{i}", 6, "--epochs", "3",
+                                   artifacts=False), root, f"j{i}") for i in range(2)}
     for name, proc in procs.items():
         finish(proc, root, name)
     rows = leaderboard(root, storage, "journal")
@@ -214,6 +214,11 @@ def test_two_workers_on_a_journal_file(root: Path) -> None:
     numbers = [int(r["trial"]) for r in rows]
     assert len(numbers) == len(set(numbers))
     assert {int(r["host"].rsplit(":", 1)[1]) for r in rows} <= {p.pid for p in procs.values()}
+    # without --artifacts the kept weights sit next to the journal, where every worker reaches
+    kept = sorted(p.parent.name for p in (root / "shared" / "journal" / "trials").glob(
+        "trial_*/model.weights.h5"))
+    assert kept == sorted(f"trial_{int(r['trial']):04d}" for r in rows[:2])
+    assert [r["weights_kept"] for r in rows[:3]] == ["True", "True", "False"]
 
 
 def test_a_wrong_password_is_refused_in_one_line_without_the_password(
