@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", help="'none' for random initialisation, or a weights file")
     s.add_argument("--weights-dir", help="folder of Keras weights files (named as Keras does)")
     s.add_argument("--quiet", action="store_true", help="only warnings and the final summary")
+    s.add_argument("--heartbeat", type=int, default=60, metavar="SECONDS",
+                   help="with --storage: seconds between a worker's heartbeats (default 60)")
+    s.add_argument("--heartbeat-grace", type=int, metavar="SECONDS",
+                   help="with --storage: a trial whose worker is silent this long is failed "
+                   "and retried by another worker (default 3 heartbeats)")
 
     lb = sub.add_parser("leaderboard", help="print a study's leaderboard")
     _study_args(lb)
@@ -76,7 +81,11 @@ def _parser() -> argparse.ArgumentParser:
 def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="results", help="results folder (default: results)")
     p.add_argument("--study", default="default", help="study name (default: default)")
-    p.add_argument("--storage", help="Optuna storage URL (default: SQLite in the study folder)")
+    p.add_argument("--storage", help="Optuna storage URL (postgresql://user@host/db, "
+                   "mysql+pymysql://..., sqlite:///file.db) or journal:FILE (a journal file "
+                   "on a shared filesystem); default: SQLite in the study folder")
+    p.add_argument("--artifacts", metavar="DIR", help="folder for kept weights that every "
+                   "worker (and export) reaches (default: <results>/<study>/trials)")
 
 
 _TF_NOISE = ("cudart_stub", "cuInit", "cuda_platform", "absl::InitializeLog", "oneDNN",
@@ -126,7 +135,9 @@ def cmd_search(a: argparse.Namespace) -> int:
     req = SearchRequest(space=a.space, data=a.data, results=a.results, study=a.study,
                         storage=a.storage, trials=a.trials, timeout=a.timeout, pruner=a.pruner,
                         screen_fraction=a.screen_fraction,
-                        val_split=a.val_split, test_split=a.test_split, run=run)
+                        val_split=a.val_split, test_split=a.test_split, run=run,
+                        artifacts=a.artifacts, heartbeat=a.heartbeat,
+                        heartbeat_grace=a.heartbeat_grace)
     echo = (lambda _line: None) if a.quiet else print
     study = run_search(req, echo=lambda line: echo(line) or sys.stdout.flush())
     _print_board(a, study, top=5)
@@ -143,19 +154,23 @@ def _print_board(a: argparse.Namespace, study: object, top: int) -> None:
         cols = ["trial", "state", "val_accuracy", "test_accuracy", "backbone", "image_size",
                 "freeze_depth", "head_width", "dropout", "learning_rate", "augmentation",
                 "epochs", "train_seconds"]
+        cols += ["host"] if board["host"].astype(bool).any() else []  # several workers
         print(board[cols].head(top).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         print()
         print(leaderboard.summary(board).to_string(index=False,
                                                    float_format=lambda v: f"{v:.4g}"))
-    print(f"\nleaderboard: {Path(a.results) / a.study / 'leaderboard.csv'}")
+    written = Path(a.results) / a.study / "leaderboard.csv"
+    if written.is_file():  # not on a machine that only reads a shared --storage
+        print(f"\nleaderboard: {written}")
 
 
 def cmd_leaderboard(a: argparse.Namespace) -> int:
     from automl import leaderboard
-    from automl.study import open_study
+    from automl.study import artifact_root, open_study
 
     study = open_study(Path(a.results), a.study, a.storage, create=False)
-    board = leaderboard.from_study(study)
+    root = artifact_root(a.results, a.study, a.artifacts, study, a.storage)
+    board = leaderboard.from_study(study, root)
     for path, frame in ((a.csv, board), (a.summary_csv, leaderboard.summary(board))):
         if path:
             try:
@@ -170,7 +185,8 @@ def cmd_leaderboard(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from automl.export import export_study
 
-    report = export_study(Path(a.results), a.study, a.storage, a.trial, Path(a.out))
+    report = export_study(Path(a.results), a.study, a.storage, a.trial, Path(a.out),
+                          artifacts=a.artifacts)
     test = ""
     if report.reloaded_test_accuracy is not None:
         test = (f", test accuracy {report.reloaded_test_accuracy:.4f} reloaded"

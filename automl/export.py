@@ -204,12 +204,17 @@ def predict_files(model_dir: Path, files: list[str], top: int = 1) -> list[dict[
 
 
 def export_study(results: Path, study_name: str, storage: str | None, trial: int | None,
-                 out: Path, check: int = 32) -> ExportReport:
-    """Export the best (or ``trial``) trial of a study, checking it against the study's data."""
+                 out: Path, check: int = 32, artifacts: str | None = None) -> ExportReport:
+    """Export the best (or ``trial``) trial of a study, checking it against the study's data.
+
+    Kept weights are looked up under ``artifacts`` (default: the folder the search recorded, or
+    ``<results>/<study>/trials``), so any machine that reaches the storage and that folder can
+    export.
+    """
     from automl import leaderboard
     from automl.data import load_data
     from automl.objective import weights_path
-    from automl.study import open_study
+    from automl.study import artifact_root, open_study
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -218,13 +223,21 @@ def export_study(results: Path, study_name: str, storage: str | None, trial: int
         raise ConfigError(f"--out {out}: the folder exists and is not an earlier export; "
                           "choose an empty or new folder.")
     study = open_study(Path(results), study_name, storage, create=False)
-    board = leaderboard.from_study(study)
+    root = artifact_root(results, study_name, artifacts, study, storage)
+    board = leaderboard.from_study(study, root)
+    done = board[board["state"] == "COMPLETE"]
+    if trial is None and not done.empty and not done["weights_kept"].any():
+        raise ConfigError(f"no finished trial has its weights under {root}; pass --artifacts "
+                          "DIR with the folder the search kept them in (its --artifacts), or "
+                          "re-run the search.")
     row = pick_trial(board, trial)
     number = int(row["trial"])
-    weights = weights_path(Path(results) / study_name / "trials", number)
+    relative = study.get_trials(deepcopy=False)[number].user_attrs.get("weights")
+    weights = root / relative if relative else weights_path(root, number)
     if not weights.is_file():
         raise ConfigError(f"the weights of trial {number} ({weights}) are missing; they may have "
-                          "been deleted. Export another trial with --trial N.")
+                          "been deleted. Export another trial with --trial N, or pass "
+                          "--artifacts DIR with the folder the search kept them in.")
     meta = study.user_attrs.get("data") or {}
     class_names = list(study.user_attrs.get("class_names") or [])
     data = load_data(meta.get("data"), val_split=meta.get("val_split", 0.15),

@@ -13,15 +13,21 @@ from automl.space import DIMENSIONS
 
 COLUMNS = ["trial", "state", "val_accuracy", "val_loss", "test_accuracy", *DIMENSIONS,
            "epochs", "best_phase", "train_seconds", "params", "cut", "stage", "weights_kept",
-           "reason"]
+           "reason", "host"]
 _INT_COLUMNS = {"trial", "image_size", "head_width", "epochs", "best_phase", "params",
                 "trials", "best_trial"}
-_STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "INTERRUPTED": 3, "FAIL": 4}
+_STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "INTERRUPTED": 4,
+                "FAIL": 5, "SKIPPED": 6}
 
 
 def trial_row(number: int, state: str, attrs: dict[str, Any],
-              intermediate: dict[int, float] | None = None) -> dict[str, Any]:
-    """One leaderboard row from a trial's number, state and user attributes."""
+              intermediate: dict[int, float] | None = None,
+              artifacts: Path | None = None) -> dict[str, Any]:
+    """One leaderboard row from a trial's number, state and user attributes.
+
+    ``artifacts`` is the artifact root its kept weights are looked up in (their path relative
+    to it is the ``weights`` attribute); without it, the path recorded by the search is used.
+    """
     result = attrs.get("result") or {}
     config = attrs.get("config") or {}
     state = attrs.get("state_detail", state) if state == "FAIL" else state
@@ -38,16 +44,41 @@ def trial_row(number: int, state: str, attrs: dict[str, Any],
     for key in ("best_phase", "train_seconds", "params", "cut"):
         row[key] = result.get(key)
     weights = result.get("weights_file")
+    if artifacts is not None and attrs.get("weights"):
+        weights = str(Path(artifacts) / attrs["weights"])
     row["weights_kept"] = bool(weights) and Path(weights).is_file()
     row["stage"] = attrs.get("stage", "")
     row["reason"] = attrs.get("reason", "")
+    if not row["reason"] and attrs.get("retry_of") is not None:
+        row["reason"] = f"retry of trial {attrs['retry_of']}"
+    row["host"] = attrs.get("host", "")
     return row
 
 
-def from_study(study: Any) -> pd.DataFrame:
+def _stale_reasons(trials: list[Any]) -> dict[int, str]:
+    """Why failed trials without a reason failed: their worker stopped sending heartbeats."""
+    retried: dict[int, int] = {}
+    for t in trials:
+        if t.system_attrs.get("failed_trial") is not None:
+            history = t.system_attrs.get("retry_history") or [t.system_attrs["failed_trial"]]
+            retried[int(history[-1])] = t.number
+    reasons = {}
+    for t in trials:
+        if t.state.name == "FAIL" and not t.user_attrs.get("reason"):
+            again = f"; retried as trial {retried[t.number]}" if t.number in retried else ""
+            reasons[t.number] = ("its worker stopped sending heartbeats (killed, crashed or cut "
+                                 f"off){again}")
+    return reasons
+
+
+def from_study(study: Any, artifacts: Path | None = None) -> pd.DataFrame:
     """The ranked leaderboard of an Optuna study (one row per trial, best first)."""
-    rows = [trial_row(t.number, t.state.name, t.user_attrs, t.intermediate_values)
-            for t in study.get_trials(deepcopy=False)]
+    trials = study.get_trials(deepcopy=False)
+    stale = _stale_reasons(trials)
+    rows = []
+    for t in trials:
+        attrs = {**t.user_attrs, "reason": stale[t.number]} if t.number in stale else t.user_attrs
+        rows.append(trial_row(t.number, t.state.name, attrs, t.intermediate_values, artifacts))
     return rank(pd.DataFrame(rows, columns=COLUMNS))
 
 

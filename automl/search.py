@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ class SearchRequest:
     val_split: float = 0.15
     test_split: float = 0.15
     run: RunConfig = RunConfig()
+    artifacts: str | None = None     # kept weights; default <results>/<study>/trials
+    heartbeat: int = 60              # with --storage: seconds between a worker's heartbeats
+    heartbeat_grace: int | None = None   # silent this long -> failed and retried (3 beats)
 
 
 def default_space_file() -> Path:
@@ -57,6 +61,11 @@ def validate(req: SearchRequest) -> None:
     if not 0.0 <= req.screen_fraction <= 1.0:
         raise ConfigError(f"--screen-fraction {req.screen_fraction:g}: expected a share from 0 "
                           "to 1 of the trials spent screening on cached features.")
+    if req.heartbeat < 1 or (req.heartbeat_grace is not None
+                             and req.heartbeat_grace <= req.heartbeat):
+        grace = "" if req.heartbeat_grace is None else f" --heartbeat-grace {req.heartbeat_grace}"
+        raise ConfigError(f"--heartbeat {req.heartbeat}{grace}: expected whole seconds, the "
+                          "interval at least 1 and the grace period longer than the interval.")
     if not req.study or any(c in req.study for c in "/\\") or req.study.startswith("."):
         raise ConfigError(f"--study {req.study!r}: expected a plain name (no slashes).")
 
@@ -107,14 +116,22 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print) -> Any:
     from automl.drivers import optuna_driver
     from automl.features import FeatureCache
     from automl.objective import SearchContext
-    from automl.study import open_study
+    from automl.study import Heartbeat, artifact_root, open_study, safe_url
 
     folder = study_dir(req.results, req.study)
+    beat = None if req.storage is None else Heartbeat(
+        req.heartbeat, req.heartbeat_grace or 3 * req.heartbeat)
     study = open_study(Path(req.results), req.study, req.storage, create=True,
-                       pruner=optuna_driver.make_pruner(req.pruner))
+                       pruner=optuna_driver.make_pruner(req.pruner), heartbeat=beat)
     _check_same_data(study, data, req)
-    # a resumed search must not replay the same random start points
-    study.sampler = optuna.samplers.TPESampler(seed=req.run.seed + len(study.trials))
+    artifacts = artifact_root(req.results, req.study, req.artifacts, study, req.storage,
+                              record=True)
+    # a resumed search must not replay the same random start points, nor may two workers
+    # started at once; with several workers, TPE imagines the running trials' results
+    seed = req.run.seed + len(study.trials)
+    if beat is not None:
+        seed += zlib.crc32(optuna_driver.worker_name().encode()) % 100_003
+    study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=beat is not None)
     # with a shared --storage another worker may be running a trial right now: leave it alone
     stale = optuna_driver.recover_stale(study) if req.storage is None else []
     if stale:
@@ -122,22 +139,23 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print) -> Any:
              "by a process that stopped")
     cache = FeatureCache(folder / "features" if req.run.feature_cache else None,
                          req.run.cache_memory_mb * 1024 * 1024)
-    ctx = SearchContext(data, req.run, resolver, cache, folder / "trials")
+    ctx = SearchContext(data, req.run, resolver, cache, artifacts)
     done = optuna_driver.finished_count(study)
-    echo(f"study '{req.study}' in {folder}: {done} of {req.trials} trials finished; data: "
+    where = safe_url(req.storage) if req.storage else folder
+    echo(f"study '{req.study}' in {where}: {done} of {req.trials} trials finished; data: "
          f"{data.source} ({len(data.train)} train / {len(data.validation)} validation / "
          f"{len(data.test) if data.test else 0} test images, {len(data.class_names)} classes)")
 
     def on_trial_end(study: Any, trial: Any) -> None:
-        board = leaderboard.from_study(study)
-        _keep_best_weights(board, ctx.trials_dir, req.run.keep_weights)
-        board = leaderboard.from_study(study)
+        board = leaderboard.from_study(study, artifacts)
+        _keep_best_weights(board, ctx.trials_dir, req.run.keep_weights, _in_use(study))
+        board = leaderboard.from_study(study, artifacts)
         leaderboard.write_csv(board, folder / "leaderboard.csv")
         echo(_progress_line(trial, board, optuna_driver.finished_count(study), req.trials))
 
     optuna_driver.run(space, ctx, study, n_trials=req.trials, timeout=req.timeout,
-                      on_trial_end=on_trial_end, screen_fraction=req.screen_fraction)
-    board = leaderboard.from_study(study)
+                      on_trial_end=on_trial_end, screen_fraction=req.screen_fraction, echo=echo)
+    board = leaderboard.from_study(study, artifacts)
     leaderboard.write_csv(board, folder / "leaderboard.csv")
     return study
 
@@ -161,10 +179,27 @@ def _check_same_data(study: Any, data: Any, req: SearchRequest) -> None:
             "data, seed and splits to resume it.")
 
 
-def _keep_best_weights(board: Any, trials_dir: Path, keep: int) -> None:
-    """Delete kept weights of finished trials outside the best ``keep``."""
+def _in_use(study: Any) -> set[int]:
+    """Trials whose head weights a running or queued refinement trial still needs."""
+    import optuna
+
+    states = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    return {int(t.user_attrs["refines"]) for t in study.get_trials(deepcopy=False, states=states)
+            if t.user_attrs.get("refines") is not None}
+
+
+def _keep_best_weights(board: Any, trials_dir: Path, keep: int,
+                       in_use: Collection[int] = ()) -> None:
+    """Delete kept weights of finished trials outside the best ``keep`` (and not in use).
+
+    Safe with several workers: a trial outside the best ``keep`` finished ones never gets back
+    in, only COMPLETE trials are touched (a running trial's folder never), and a screened
+    trial that a running refinement builds on keeps its head weights.
+    """
     done = board[board["state"] == "COMPLETE"]
     for number in done["trial"].iloc[keep:]:
+        if int(number) in in_use:
+            continue
         folder = trials_dir / f"trial_{int(number):04d}"
         if folder.exists():
             shutil.rmtree(folder, ignore_errors=True)

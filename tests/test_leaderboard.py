@@ -200,3 +200,35 @@ def test_write_atomic_keeps_the_target_suffix_for_the_writer(tmp_path: Path) -> 
     write_atomic(tmp_path / "model.weights.h5", writer)
     assert seen[0].startswith(".tmp-") and seen[0].endswith(".weights.h5")
     assert (tmp_path / "model.weights.h5").read_bytes() == b"w"
+
+
+def test_kept_weights_are_found_under_the_artifact_root_given_here(tmp_path: Path) -> None:
+    """Another machine mounts the shared artefacts elsewhere: the relative path still finds them."""
+    mounted = tmp_path / "mnt" / "artifacts"
+    (mounted / "trial_0003").mkdir(parents=True)
+    (mounted / "trial_0003" / "model.weights.h5").write_bytes(b"x")
+    attrs = {"result": {"val_accuracy": 0.9, "weights_file": "/elsewhere/trial_0003/model.w.h5"},
+             "config": _config(), "weights": "trial_0003/model.weights.h5",
+             "host": "gpu-2:4242"}
+    assert trial_row(3, "COMPLETE", attrs)["weights_kept"] is False  # the searching machine's
+    row = trial_row(3, "COMPLETE", attrs, artifacts=mounted)
+    assert row["weights_kept"] is True and row["host"] == "gpu-2:4242"
+
+
+def test_a_stale_trial_says_its_worker_stopped_and_which_trial_retries_it() -> None:
+    import optuna
+
+    from automl.leaderboard import from_study
+
+    study = optuna.create_study(direction="maximize")
+    dead = study.ask()
+    dead.set_user_attr("host", "gone:1")
+    study.tell(dead, state=optuna.trial.TrialState.FAIL)  # as fail_stale_trials leaves it
+    retry = study.ask()
+    retry.set_user_attr("retry_of", 0)
+    study._storage.set_trial_system_attr(retry._trial_id, "failed_trial", 0)
+    study.tell(retry, 0.8)
+    rows = from_study(study).set_index("trial")
+    assert rows.loc[0, "state"] == "FAIL" and rows.loc[0, "reason"] == (
+        "its worker stopped sending heartbeats (killed, crashed or cut off); retried as trial 1")
+    assert rows.loc[1, "reason"] == "retry of trial 0" and rows.loc[0, "host"] == "gone:1"

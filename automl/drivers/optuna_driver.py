@@ -5,13 +5,18 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import os
+import socket
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
 
+from automl import heartbeat
 from automl.config import TrialConfig
 from automl.errors import AutoMLError, ConfigError, DataError, TrialFailed, WeightsError
 from automl.objective import SearchContext, TrialResult, WarmStart, head_path, run_trial
@@ -75,7 +80,11 @@ def plan(space: SearchSpace, study: optuna.Study, trial: optuna.Trial, n_trials:
     screened = [t for t in trials if t.user_attrs.get("stage") == "screen" and t.state in FINISHED]
     best = sorted((t for t in screened if t.state == optuna.trial.TrialState.COMPLETE),
                   key=lambda t: -(t.value or 0.0))
-    if len(screened) < max(1, math.ceil(screen_fraction * n_trials)) or not best:
+    # other workers' screening trials in flight count too, or several workers over-screen
+    busy = sum(t.user_attrs.get("stage") == "screen" and t.number != trial.number
+               and t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+               for t in trials)
+    if len(screened) + busy < max(1, math.ceil(screen_fraction * n_trials)) or not best:
         trial.set_user_attr("stage", "screen")
         return suggest(space.screening(), trial)
     refinements = [t.user_attrs.get("refines") for t in trials
@@ -102,7 +111,11 @@ def finished_count(study: optuna.Study) -> int:
 
 
 def recover_stale(study: optuna.Study) -> list[int]:
-    """Mark trials left RUNNING by a process that died (kill -9, power cut) as failed."""
+    """Mark trials left RUNNING by a process that died (kill -9, power cut) as failed.
+
+    Only for a study that one process uses (the default SQLite file); a shared storage has
+    heartbeats instead, since another worker's RUNNING trial is alive.
+    """
     stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for frozen in stale:
         study._storage.set_trial_user_attr(frozen._trial_id, "reason",
@@ -112,39 +125,110 @@ def recover_stale(study: optuna.Study) -> list[int]:
     return [t.number for t in stale]
 
 
+def worker_name() -> str:
+    """This worker as the leaderboard shows it: host name and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Counts:
+    finished: int
+    running: int
+    waiting: int
+
+
+def counts(study: optuna.Study) -> Counts:
+    """Finished, running and queued trials of the study (all workers)."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return Counts(sum(s in FINISHED for s in states), states.count(optuna.trial.TrialState.RUNNING),
+                  states.count(optuna.trial.TrialState.WAITING))
+
+
+def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
+    """Whether ``trial`` is one too many: another worker asked for the last one at the same time.
+
+    Every worker counts finished trials plus the running ones with a lower number, so of two
+    trials asked at once the lower-numbered one runs and the other steps back.
+    """
+    trials = study.get_trials(deepcopy=False)
+    ahead = sum(t.state in FINISHED or (t.state == optuna.trial.TrialState.RUNNING
+                                        and t.number < trial.number) for t in trials)
+    return ahead >= n_trials
+
+
 def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials: int,
         timeout: float | None, on_trial_end: Callable[[optuna.Study, Any], None],
-        screen_fraction: float = 0.8) -> int:
-    """Run trials until ``n_trials`` are finished (COMPLETE or PRUNED); return how many ran."""
+        screen_fraction: float = 0.8, echo: Callable[[str], None] | None = None) -> int:
+    """Run trials until ``n_trials`` are finished (COMPLETE or PRUNED) in the study; return how
+    many this worker ran.
+
+    With a shared storage (heartbeats on) the count is over all workers: a worker starts a trial
+    only while finished + running trials are fewer than ``n_trials``; otherwise it waits, fails
+    trials whose worker stopped beating (Optuna queues them again) and takes one over, until
+    ``n_trials`` are finished.
+    """
     failures, ran, start = 0, 0, time.monotonic()
-    while finished_count(study) < n_trials:
+    shared = heartbeat.enabled(study)
+    poll = max(1.0, min(10.0, float(study._storage.get_heartbeat_interval() or 10))) \
+        if shared else 0.0
+    said_waiting = False
+    while True:
+        heartbeat.fail_stale(study)
+        now = counts(study)
+        if now.finished >= n_trials:
+            break
         if timeout is not None and time.monotonic() - start >= timeout:
             log.warning("--timeout %ss reached: no new trial is started", timeout)
             break
-        trial = study.ask()
-        ran += 1
-        try:
-            try:
-                params = plan(space, study, trial, n_trials, screen_fraction)
-            except ValueError as exc:  # Optuna: a parameter's choices differ from earlier trials
-                _fail(study, trial, TrainLog(), f"search space changed: {exc}")
-                raise ConfigError(
-                    f"the search space differs from the one this study was started with ({exc}). "
-                    "Use the same space (and make the same backbones' weights available), or "
-                    "start a new study with --study NAME.") from None
-            except KeyboardInterrupt:
-                _fail(study, trial, TrainLog(), "interrupted by the user (Ctrl-C)", "INTERRUPTED")
-                raise
-            state = _run_one(params, ctx, study, trial)
-        finally:  # also after Ctrl-C: the leaderboard shows the interrupted trial
-            gc.collect()
-            on_trial_end(study, study.get_trials(deepcopy=False)[trial.number])
+        if shared and now.finished + now.running >= n_trials and not now.waiting:
+            if not said_waiting and echo is not None:
+                echo(f"waiting: {now.finished} trials finished and {now.running} running on "
+                     f"other workers make {n_trials}; this worker takes over any that fails")
+            said_waiting = True
+            time.sleep(poll)
+            continue
+        with warnings.catch_warnings():  # Optuna expects heartbeats with optimize(): we beat
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+            trial = study.ask()
+        with heartbeat.beating(study, trial):
+            if shared and _surplus(study, trial, n_trials):
+                _fail(study, trial, TrainLog(), f"not needed: {n_trials} trials were already "
+                      "finished or running when it started", "SKIPPED")
+                continue
+            ran += 1
+            state = _ask_and_run(space, ctx, study, trial, n_trials, screen_fraction,
+                                 on_trial_end)
         failures = failures + 1 if state == optuna.trial.TrialState.FAIL else 0
         if failures >= MAX_CONSECUTIVE_FAILURES:
             last = study.get_trials(deepcopy=False)[trial.number].user_attrs.get("reason", "")
             raise SearchStopped(f"{failures} trials failed in a row; the search stops. "
                                 f"Last reason: {last}")
     return ran
+
+
+def _ask_and_run(space: SearchSpace, ctx: SearchContext, study: optuna.Study,
+                 trial: optuna.Trial, n_trials: int, screen_fraction: float,
+                 on_trial_end: Callable[[optuna.Study, Any], None]) -> optuna.trial.TrialState:
+    """Plan an asked trial (or take over a retried one's configuration), run it, report it."""
+    try:
+        trial.set_user_attr("host", worker_name())
+        try:
+            config = trial.user_attrs.get("config")  # a retried trial keeps its configuration
+            params = dict(config) if config else plan(space, study, trial, n_trials,
+                                                      screen_fraction)
+        except ValueError as exc:  # Optuna: a parameter's choices differ from earlier trials
+            _fail(study, trial, TrainLog(), f"search space changed: {exc}")
+            raise ConfigError(
+                f"the search space differs from the one this study was started with ({exc}). "
+                "Use the same space (and make the same backbones' weights available), or "
+                "start a new study with --study NAME.") from None
+        except KeyboardInterrupt:
+            _fail(study, trial, TrainLog(), "interrupted by the user (Ctrl-C)", "INTERRUPTED")
+            raise
+        return _run_one(params, ctx, study, trial)
+    finally:  # also after Ctrl-C: the leaderboard shows the interrupted trial
+        gc.collect()
+        on_trial_end(study, study.get_trials(deepcopy=False)[trial.number])
 
 
 def _run_one(params: dict[str, Any], ctx: SearchContext, study: optuna.Study,
@@ -181,7 +265,7 @@ def _run_one(params: dict[str, Any], ctx: SearchContext, study: optuna.Study,
         _fail(study, trial, train_log, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
               if str(exc) else type(exc).__name__)
         return optuna.trial.TrialState.FAIL
-    _record(trial, result)
+    _record(trial, result, ctx.trials_dir)
     study.tell(trial, result.val_accuracy)
     return optuna.trial.TrialState.COMPLETE
 
@@ -201,10 +285,12 @@ def _warm_start(study: optuna.Study, trial: optuna.Trial, ctx: SearchContext,
     return WarmStart(head, history, min(row["val_loss"] for row in history))
 
 
-def _record(trial: optuna.Trial, result: TrialResult) -> None:
+def _record(trial: optuna.Trial, result: TrialResult, artifacts: Path) -> None:
     summary = {k: v for k, v in asdict(result).items() if k != "history"}
     trial.set_user_attr("result", summary)
     trial.set_user_attr("history", result.history)
+    if result.weights_file:  # relative to the artifact root: any worker's mount point works
+        trial.set_user_attr("weights", Path(result.weights_file).relative_to(artifacts).as_posix())
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, train_log: TrainLog, reason: str,
