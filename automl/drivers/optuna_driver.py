@@ -15,6 +15,7 @@ import optuna
 from automl.config import TrialConfig
 from automl.errors import AutoMLError, ConfigError, DataError, TrialFailed, WeightsError
 from automl.objective import SearchContext, TrialResult, WarmStart, head_path, run_trial
+from automl.progress import SearchProgress
 from automl.space import Categorical, Fixed, IntRange, Param, SearchSpace
 from automl.train import TrainLog
 
@@ -114,8 +115,13 @@ def recover_stale(study: optuna.Study) -> list[int]:
 
 def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials: int,
         timeout: float | None, on_trial_end: Callable[[optuna.Study, Any], None],
-        screen_fraction: float = 0.8) -> int:
-    """Run trials until ``n_trials`` are finished (COMPLETE or PRUNED); return how many ran."""
+        screen_fraction: float = 0.8, progress: SearchProgress | None = None) -> int:
+    """Run trials until ``n_trials`` are finished (COMPLETE or PRUNED); return how many ran.
+
+    ``progress`` hears when each trial starts and each epoch ends (``on_trial_end`` reports
+    how a trial ended).
+    """
+    progress = progress if progress is not None else SearchProgress()
     failures, ran, start = 0, 0, time.monotonic()
     while finished_count(study) < n_trials:
         if timeout is not None and time.monotonic() - start >= timeout:
@@ -135,7 +141,8 @@ def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials
             except KeyboardInterrupt:
                 _fail(study, trial, TrainLog(), "interrupted by the user (Ctrl-C)", "INTERRUPTED")
                 raise
-            state = _run_one(params, ctx, study, trial)
+            progress.trial_start(trial.number, params, trial.user_attrs.get("stage", ""))
+            state = _run_one(params, ctx, study, trial, progress)
         finally:  # also after Ctrl-C: the leaderboard shows the interrupted trial
             gc.collect()
             on_trial_end(study, study.get_trials(deepcopy=False)[trial.number])
@@ -148,13 +155,16 @@ def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials
 
 
 def _run_one(params: dict[str, Any], ctx: SearchContext, study: optuna.Study,
-             trial: optuna.Trial) -> optuna.trial.TrialState:
+             trial: optuna.Trial, progress: SearchProgress | None = None,
+             ) -> optuna.trial.TrialState:
     """Run one asked trial and tell Optuna how it ended."""
     config = TrialConfig.from_params(params)
     trial.set_user_attr("config", config.as_dict())
     train_log = TrainLog()
 
     def report(epoch: int, row: dict[str, float]) -> None:
+        if progress is not None:
+            progress.epoch(trial.number, row)
         trial.report(row["val_accuracy"], epoch)
         # each phase gets a few epochs before it can be pruned: fine-tuning often dips first
         if row["phase_epoch"] > PRUNE_WARMUP_EPOCHS and trial.should_prune():
