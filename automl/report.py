@@ -176,10 +176,10 @@ def importance_groups(study: Any) -> tuple[list[tuple[str, dict[str, float]]], l
         varying = [p for p in trials[0].params
                    if len({repr(t.params.get(p)) for t in trials}) > 1]
         if len(trials) < 2 or not varying:
-            notes.append(f"{name} trials: {len(trials)} complete trial(s) "
-                         f"{'with no parameter that varies' if len(trials) >= 2 else ''}"
-                         f"{'' if len(trials) >= 2 else 'only'}; parameter importances need at "
-                         "least 2 complete trials whose sampled parameters differ.")
+            why = "only" if len(trials) < 2 else "with no parameter that varies"
+            notes.append(f"{name} trials: {len(trials)} complete trial(s) {why}; parameter "
+                         "importances need at least 2 complete trials whose sampled parameters "
+                         "differ.")
             continue
         sub = optuna.create_study(direction="maximize")
         sub.add_trials(trials)
