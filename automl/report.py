@@ -24,7 +24,7 @@ import pandas as pd
 from automl import leaderboard, metrics
 from automl.atomic import write_atomic, write_text_atomic
 from automl.config import study_dir
-from automl.errors import ConfigError
+from automl.errors import AutoMLError, ConfigError
 from automl.space import DIMENSIONS
 
 log = logging.getLogger("automl")
@@ -245,7 +245,7 @@ def _best_trial(page: _Page, study: Any, board: pd.DataFrame, results: Path,
     page.heading("Best trial on the test split")
     try:
         test, images, size = evaluate_test(study, row, results, study_name)
-    except ConfigError as exc:
+    except AutoMLError as exc:  # weights deleted, data no longer where the search found it
         page.note(f"The test-split sections are missing: {exc}")
         return None, None
     if test is None:

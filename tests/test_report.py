@@ -198,3 +198,24 @@ def test_importances_of_small_studies_are_a_note(tmp_path: Path) -> None:
                                                   value=value, user_attrs={"stage": "screen"}))
     groups, notes = importance_groups(study)
     assert notes == [] and groups == [("screening trials (4 complete)", {"lr": 1.0})]
+
+
+def test_missing_weights_leave_a_note_and_the_other_sections(run: dict, tmp_path: Path) -> None:
+    import shutil
+
+    from automl.report import build_report
+
+    results = tmp_path / "results"
+    shutil.copytree(run["results"], results)
+    best = int(run["board"][0]["trial"])
+    weights = results / "default" / "trials" / f"trial_{best:04d}" / "model.weights.h5"
+    weights.unlink()
+    report = build_report(results, "default")
+    assert report.test is None
+    assert report.notes == [f"The test-split sections are missing: the weights of trial {best} "
+                            f"({weights}) are missing; they may have been deleted. Re-run the "
+                            "search to rebuild them."]
+    assert set(report.images) == {"history", "importances", "dimensions", "curves"}
+    assert sorted(p.stem for p in (results / "default" / "report").glob("*.png")) == sorted(
+        report.images)  # the earlier report's test figures are gone with it
+    assert 'class="note"' in report.html.read_text(encoding="utf-8")
