@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--top", type=int, default=1)
     pr.add_argument("--json", action="store_true")
 
+    r = sub.add_parser("report", help="write results/<study>/report.html (plots, test metrics, "
+                       "Grad-CAM) and its PNGs")
+    _study_args(r)
+
     b = sub.add_parser("backbones", help="list the backbones and where their weights come from")
     b.add_argument("--weights-dir", help="folder of Keras weights files to consider")
     return p
@@ -138,8 +142,9 @@ def cmd_search(a: argparse.Namespace) -> int:
                         val_split=a.val_split, test_split=a.test_split, run=run,
                         artifacts=a.artifacts, heartbeat=a.heartbeat,
                         heartbeat_grace=a.heartbeat_grace)
-    echo = (lambda _line: None) if a.quiet else print
-    study = run_search(req, echo=lambda line: echo(line) or sys.stdout.flush())
+    from automl.progress import make_progress
+
+    study = run_search(req, progress=make_progress(sys.stdout, quiet=a.quiet))
     _print_board(a, study, top=5)
     return 0
 
@@ -217,8 +222,22 @@ def cmd_backbones(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from automl.report import build_report
+
+    report = build_report(Path(a.results), a.study, a.storage)
+    for text in report.notes:
+        print(f"note: {text}")
+    if report.test is not None:
+        print(f"best trial {report.test.trial}: test accuracy {report.test.accuracy:.4f} "
+              f"({int(report.test.confusion.sum())} test images)")
+    print(f"report: {report.html} ({len(report.images)} figures in "
+          f"{report.html.parent / 'report'})")
+    return 0
+
+
 COMMANDS = {"search": cmd_search, "leaderboard": cmd_leaderboard, "export": cmd_export,
-            "predict": cmd_predict, "backbones": cmd_backbones}
+            "predict": cmd_predict, "backbones": cmd_backbones, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

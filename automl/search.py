@@ -13,6 +13,7 @@ from typing import Any
 from automl.backbones import get_spec
 from automl.config import RunConfig, study_dir
 from automl.errors import ConfigError, WeightsError
+from automl.progress import LineProgress, SearchProgress, TrialEnd
 from automl.space import SearchSpace
 
 log = logging.getLogger("automl")
@@ -98,8 +99,14 @@ def usable_backbones(space: SearchSpace, resolver: Any) -> tuple[SearchSpace, li
     return (space.restrict_backbones(kept) if dropped else space), list(dropped)
 
 
-def run_search(req: SearchRequest, echo: Callable[[str], None] = print) -> Any:
-    """Validate, load, then run the Optuna driver; returns the study."""
+def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
+               progress: SearchProgress | None = None) -> Any:
+    """Validate, load, then run the Optuna driver; returns the study.
+
+    ``progress`` shows the run (default: one line per finished trial through ``echo``).
+    """
+    progress = progress if progress is not None else LineProgress(echo)
+    echo = progress.note
     validate(req)
     space = SearchSpace.from_file(req.space or default_space_file())
     from automl.data import load_data
@@ -151,10 +158,19 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print) -> Any:
         _keep_best_weights(board, ctx.trials_dir, req.run.keep_weights, _in_use(study))
         board = leaderboard.from_study(study, artifacts)
         leaderboard.write_csv(board, folder / "leaderboard.csv")
-        echo(_progress_line(trial, board, optuna_driver.finished_count(study), req.trials))
+        progress.trial_end(_trial_end(trial, board, optuna_driver.finished_count(study)))
 
-    optuna_driver.run(space, ctx, study, n_trials=req.trials, timeout=req.timeout,
-                      on_trial_end=on_trial_end, screen_fraction=req.screen_fraction, echo=echo)
+    best = leaderboard.best_row(leaderboard.from_study(study, artifacts))
+    progress.start(req.trials, done, timeout=req.timeout,
+                   max_epochs=(req.run.epochs, req.run.fine_tune_epochs),
+                   best=None if best is None else (float(best["val_accuracy"]),
+                                                   int(best["trial"])))
+    try:
+        optuna_driver.run(space, ctx, study, n_trials=req.trials, timeout=req.timeout,
+                          on_trial_end=on_trial_end, screen_fraction=req.screen_fraction,
+                          progress=progress)
+    finally:
+        progress.close()
     board = leaderboard.from_study(study, artifacts)
     leaderboard.write_csv(board, folder / "leaderboard.csv")
     return study
@@ -205,20 +221,15 @@ def _keep_best_weights(board: Any, trials_dir: Path, keep: int,
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _progress_line(trial: Any, board: Any, finished: int, total: int) -> str:
-    config = trial.user_attrs.get("config", {})
+def _trial_end(trial: Any, board: Any, finished: int) -> TrialEnd:
+    """How an Optuna trial ended, for the progress view."""
     state = trial.user_attrs.get("state_detail", trial.state.name) if trial.state.name == "FAIL" \
         else trial.state.name
-    value = trial.value if trial.value is not None else None
-    got = f"val_acc={value:.4f}" if value is not None else (
-        trial.user_attrs.get("reason", "") if state != "PRUNED"
-        else f"at epoch {max(trial.intermediate_values or {0: 0})}")
+    detail = (f"at epoch {max(trial.intermediate_values or {0: 0})}" if state == "PRUNED"
+              else trial.user_attrs.get("reason", ""))
     best = board[board["state"] == "COMPLETE"]
-    best_txt = (f" | best {best.iloc[0]['val_accuracy']:.4f} (trial {int(best.iloc[0]['trial'])})"
-                if not best.empty else "")
-    params = " ".join(f"{k}={_short(v)}" for k, v in config.items())
-    return f"[{finished}/{total}] trial {trial.number} {state} {got}{best_txt} | {params}"
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    top = None if best.empty else best.iloc[0]
+    return TrialEnd(trial.number, state, finished, val_accuracy=trial.value, detail=detail,
+                    best_value=None if top is None else float(top["val_accuracy"]),
+                    best_trial=None if top is None else int(top["trial"]),
+                    params=trial.user_attrs.get("config", {}))

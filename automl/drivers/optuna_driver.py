@@ -20,6 +20,7 @@ from automl import heartbeat
 from automl.config import TrialConfig
 from automl.errors import AutoMLError, ConfigError, DataError, TrialFailed, WeightsError
 from automl.objective import SearchContext, TrialResult, WarmStart, head_path, run_trial
+from automl.progress import SearchProgress
 from automl.space import Categorical, Fixed, IntRange, Param, SearchSpace
 from automl.train import TrainLog
 
@@ -158,15 +159,17 @@ def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
 
 def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials: int,
         timeout: float | None, on_trial_end: Callable[[optuna.Study, Any], None],
-        screen_fraction: float = 0.8, echo: Callable[[str], None] | None = None) -> int:
+        screen_fraction: float = 0.8, progress: SearchProgress | None = None) -> int:
     """Run trials until ``n_trials`` are finished (COMPLETE or PRUNED) in the study; return how
     many this worker ran.
 
     With a shared storage (heartbeats on) the count is over all workers: a worker starts a trial
     only while finished + running trials are fewer than ``n_trials``; otherwise it waits, fails
     trials whose worker stopped beating (Optuna queues them again) and takes one over, until
-    ``n_trials`` are finished.
+    ``n_trials`` are finished. ``progress`` hears when each trial starts and each epoch ends
+    (``on_trial_end`` reports how a trial ended).
     """
+    progress = progress if progress is not None else SearchProgress()
     failures, ran, start = 0, 0, time.monotonic()
     shared = heartbeat.enabled(study)
     poll = max(1.0, min(10.0, float(study._storage.get_heartbeat_interval() or 10))) \
@@ -181,8 +184,8 @@ def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials
             log.warning("--timeout %ss reached: no new trial is started", timeout)
             break
         if shared and now.finished + now.running >= n_trials and not now.waiting:
-            if not said_waiting and echo is not None:
-                echo(f"waiting: {now.finished} trials finished and {now.running} running on "
+            if not said_waiting:
+                progress.note(f"waiting: {now.finished} trials finished and {now.running} running on "
                      f"other workers make {n_trials}; this worker takes over any that fails")
             said_waiting = True
             time.sleep(poll)
@@ -197,7 +200,7 @@ def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials
                 continue
             ran += 1
             state = _ask_and_run(space, ctx, study, trial, n_trials, screen_fraction,
-                                 on_trial_end)
+                                 on_trial_end, progress)
         failures = failures + 1 if state == optuna.trial.TrialState.FAIL else 0
         if failures >= MAX_CONSECUTIVE_FAILURES:
             last = study.get_trials(deepcopy=False)[trial.number].user_attrs.get("reason", "")
@@ -208,7 +211,8 @@ def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials
 
 def _ask_and_run(space: SearchSpace, ctx: SearchContext, study: optuna.Study,
                  trial: optuna.Trial, n_trials: int, screen_fraction: float,
-                 on_trial_end: Callable[[optuna.Study, Any], None]) -> optuna.trial.TrialState:
+                 on_trial_end: Callable[[optuna.Study, Any], None],
+                 progress: SearchProgress) -> optuna.trial.TrialState:
     """Plan an asked trial (or take over a retried one's configuration), run it, report it."""
     try:
         trial.set_user_attr("host", worker_name())
@@ -225,20 +229,24 @@ def _ask_and_run(space: SearchSpace, ctx: SearchContext, study: optuna.Study,
         except KeyboardInterrupt:
             _fail(study, trial, TrainLog(), "interrupted by the user (Ctrl-C)", "INTERRUPTED")
             raise
-        return _run_one(params, ctx, study, trial)
+        progress.trial_start(trial.number, params, trial.user_attrs.get("stage", ""))
+        return _run_one(params, ctx, study, trial, progress)
     finally:  # also after Ctrl-C: the leaderboard shows the interrupted trial
         gc.collect()
         on_trial_end(study, study.get_trials(deepcopy=False)[trial.number])
 
 
 def _run_one(params: dict[str, Any], ctx: SearchContext, study: optuna.Study,
-             trial: optuna.Trial) -> optuna.trial.TrialState:
+             trial: optuna.Trial, progress: SearchProgress | None = None,
+             ) -> optuna.trial.TrialState:
     """Run one asked trial and tell Optuna how it ended."""
     config = TrialConfig.from_params(params)
     trial.set_user_attr("config", config.as_dict())
     train_log = TrainLog()
 
     def report(epoch: int, row: dict[str, float]) -> None:
+        if progress is not None:
+            progress.epoch(trial.number, row)
         trial.report(row["val_accuracy"], epoch)
         # each phase gets a few epochs before it can be pruned: fine-tuning often dips first
         if row["phase_epoch"] > PRUNE_WARMUP_EPOCHS and trial.should_prune():

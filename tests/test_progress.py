@@ -1,0 +1,218 @@
+"""The live view of a search: a redrawn block on a terminal, plain lines in a log, --quiet."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+from _tiny import tiny_npz
+
+from automl.progress import LineProgress, LiveProgress, SearchProgress, TrialEnd, make_progress
+
+PARAMS = {"backbone": "efficientnet_lite0", "image_size": 48, "learning_rate": 0.00123}
+ROW = {"epoch": 2, "phase": 1, "phase_epoch": 2, "loss": 0.5, "accuracy": 0.8,
+       "val_loss": 0.6, "val_accuracy": 0.75}
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Terminal(io.StringIO):
+    """What the live view writes to, replayed by ``screen``; reports itself as a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def screen(text: str) -> list[str]:
+    """The lines a terminal shows after ``text`` (the escapes the view uses: nF, 2K, J)."""
+    rows, r = [""], 0
+    for token in re.split(r"(\x1b\[\d*[A-Za-z]|\n)", text):
+        if token == "\n":
+            r += 1
+            if r == len(rows):
+                rows.append("")
+        elif token.startswith("\x1b["):
+            n, command = token[2:-1], token[-1]
+            if command == "F":
+                r -= int(n or 1)
+                assert r >= 0, "moved above the first line"
+            elif command == "K":
+                rows[r] = ""
+            elif command == "J":
+                rows[r] = ""
+                del rows[r + 1:]
+            else:
+                raise AssertionError(f"unexpected escape {token!r}")
+        else:
+            rows[r] += token
+    return rows[:-1] if rows and rows[-1] == "" else rows
+
+
+def _end(number: int, finished: int, value: float, best: tuple[float, int]) -> TrialEnd:
+    return TrialEnd(number, "COMPLETE", finished, val_accuracy=value, best_value=best[0],
+                    best_trial=best[1], params=PARAMS)
+
+
+def test_terminal_block_is_redrawn_in_place_and_trials_scroll_above() -> None:
+    clock, tty = Clock(), Terminal()
+    view = LiveProgress(tty, clock=clock, tick=None)
+    view.note("study 'default': 0 of 3 trials finished")
+    view.start(3, 0, max_epochs=(10, 5))
+    assert screen(tty.getvalue()) == [
+        "study 'default': 0 of 3 trials finished",
+        "trial 0 of 3 (0 finished) | 0s elapsed",
+        "  best val_acc -"]
+    view.trial_start(4, PARAMS, "screen")
+    clock.now += 65
+    view.epoch(4, ROW)
+    assert screen(tty.getvalue()) == [
+        "study 'default': 0 of 3 trials finished",
+        "trial 1 of 3 (0 finished) | 1m05s elapsed",
+        "  running trial 4 [screen]: backbone=efficientnet_lite0 image_size=48 "
+        "learning_rate=0.00123",
+        "  epoch 2 (phase 1 head, 2/10) loss 0.5000 acc 0.8000 | val_loss 0.6000 val_acc 0.7500",
+        "  best val_acc -"]
+    clock.now += 15
+    view.trial_end(_end(4, 1, 0.75, (0.75, 4)))
+    view.trial_start(5, PARAMS, "refine")
+    view.epoch(5, {**ROW, "epoch": 3, "phase": 2, "phase_epoch": 1})
+    assert screen(tty.getvalue()) == [
+        "study 'default': 0 of 3 trials finished",
+        "[1/3] trial 4 COMPLETE val_acc=0.7500 | best 0.7500 (trial 4) | backbone=efficientnet_"
+        "lite0 image_size=48 learning_rate=0.00123 | 1m20s elapsed, ~2m40s left",
+        "trial 2 of 3 (1 finished) | 1m20s elapsed, ~2m40s left",
+        "  running trial 5 [refine]: backbone=efficientnet_lite0 image_size=48 "
+        "learning_rate=0.00123",
+        "  epoch 3 (phase 2 fine-tune, 1/5) loss 0.5000 acc 0.8000 | val_loss 0.6000 val_acc "
+        "0.7500",
+        "  best val_acc 0.7500 (trial 4)"]
+    view.close()
+    assert screen(tty.getvalue())[-1].startswith("[1/3] trial 4 COMPLETE")  # block erased
+
+
+def test_long_lines_are_wrapped_to_the_terminal_not_by_it(monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "50")
+    tty = Terminal()
+    view = LiveProgress(tty, clock=Clock(), tick=None)
+    view.start(3)
+    view.trial_start(0, {**PARAMS, "augmentation": "heavy", "dropout": 0.25})
+    shown = screen(tty.getvalue())
+    assert max(map(len, shown)) <= 49
+    joined = " ".join(line.strip() for line in shown)
+    assert "augmentation=heavy dropout=0.25" in joined and "learning_rate=0.00123" in joined
+
+
+def test_a_warning_clears_the_block_first() -> None:
+    tty = Terminal()
+    handler = logging.StreamHandler(tty)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        view = LiveProgress(tty, clock=Clock(), tick=None)
+        view.start(2)
+        logging.getLogger("automl").warning("dropping backbones without weights here: vgg16")
+        view.refresh()
+        assert screen(tty.getvalue()) == [
+            "WARNING: dropping backbones without weights here: vgg16",
+            "trial 0 of 2 (0 finished) | 0s elapsed", "  best val_acc -"]
+        view.close()
+        assert view._before_log not in handler.filters  # the handler is left as it was
+    finally:
+        root.removeHandler(handler)
+
+
+def test_plain_lines_when_not_a_terminal() -> None:
+    out = io.StringIO()
+    view = make_progress(out)
+    assert type(view) is LineProgress
+    view.start(2)
+    view.trial_start(0, PARAMS)
+    view.epoch(0, ROW)  # epochs are not logged line by line
+    view.trial_end(TrialEnd(0, "PRUNED", 1, detail="at epoch 3", params={"backbone": "x"}))
+    view.trial_end(TrialEnd(1, "FAIL", 1, detail="the loss became NaN", params={}))
+    view.close()
+    lines = out.getvalue().splitlines()
+    assert [re.sub(r"\| \d+s elapsed.*$", "| T", line) for line in lines] == [
+        "[1/2] trial 0 PRUNED at epoch 3 | backbone=x | T",
+        "[1/2] trial 1 FAIL the loss became NaN |  | T"]
+    assert "\x1b" not in out.getvalue()
+
+
+def test_quiet_view_prints_nothing() -> None:
+    out = io.StringIO()
+    view = make_progress(out, quiet=True)
+    assert type(view) is SearchProgress
+    view.start(1)
+    view.note("hello")
+    view.trial_start(0, PARAMS)
+    view.trial_end(_end(0, 1, 0.5, (0.5, 0)))
+    view.close()
+    assert out.getvalue() == "" and view.best == (0.5, 0)
+
+
+def test_estimate_uses_this_runs_trials_and_the_timeout() -> None:
+    clock = Clock()
+    view = SearchProgress(clock)
+    view.start(10, finished=4, timeout=100.0)  # resumed: 4 finished by an earlier run
+    assert view.remaining(0.0) == 100.0  # nothing finished here yet: only the timeout bounds it
+    clock.now += 20
+    view.trial_end(_end(7, 6, 0.5, (0.5, 7)))  # this run finished 2 trials in 20 s
+    assert view.remaining(20.0) == pytest.approx(40.0)  # 4 left at 10 s each
+    assert view.remaining(90.0) == pytest.approx(10.0)  # the timeout comes first
+
+
+def test_a_real_terminal_gets_the_live_view_and_its_clock_ticks() -> None:
+    master, slave = os.openpty()
+    with os.fdopen(slave, "w", encoding="utf-8") as tty:
+        view = make_progress(tty)
+        assert type(view) is LiveProgress
+        view.tick = 0.05
+        view.start(1)
+        time.sleep(0.3)
+        view.close()
+        output = os.read(master, 65536).decode()
+    os.close(master)
+    # the block was drawn and redrawn several times by the ticker, then erased
+    assert output.count("trial 0 of 1 (0 finished)") >= 3
+    assert output.endswith("\x1b[J")
+
+
+@pytest.mark.slow
+def test_quiet_search_prints_only_warnings_and_the_summary(tmp_path: Path, caplog) -> None:
+    """Through the CLI: warnings are still logged, no progress line reaches stdout."""
+    from automl.cli import main
+
+    data = tiny_npz(tmp_path / "tiny.npz", train=20, val=5, test=5)
+    (tmp_path / "space.yaml").write_text(
+        "backbone: efficientnet_lite0\nimage_size: 32\nfreeze_depth: 1.0\nhead_width: 0\n"
+        "dropout: 0.1\nlearning_rate: 0.003\naugmentation: none\n")
+    args = ["search", "--quiet", "--space", str(tmp_path / "space.yaml"), "--data", str(data),
+            "--results", str(tmp_path / "results"), "--trials", "1", "--epochs", "1"]
+    with contextlib.redirect_stdout(io.StringIO()), caplog.at_level(logging.WARNING, "automl"):
+        assert main([*args, "--timeout", "0"]) == 0  # starts no trial, with a warning
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), caplog.at_level(logging.WARNING, "automl"):
+        assert main(args) == 0
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "--timeout 0.0s reached: no new trial is started"]
+    printed = out.getvalue()
+    assert "[1/1]" not in printed and "study 'default'" not in printed
+    assert printed.lstrip().startswith("trial")  # the final table is the first thing printed
+    assert re.search(r"^\s+0\s+COMPLETE\s+0\.\d+", printed, re.M)
+    assert printed.rstrip().endswith(f"leaderboard: {tmp_path / 'results' / 'default'}"
+                                     "/leaderboard.csv")
