@@ -34,6 +34,8 @@ class SearchRequest:
     val_split: float = 0.15
     test_split: float = 0.15
     run: RunConfig = RunConfig()
+    driver: str = "optuna"           # or "keras-tuner"
+    algorithm: str | None = None     # keras-tuner only: random, bayesian (default), hyperband
 
 
 def default_space_file() -> Path:
@@ -59,6 +61,31 @@ def validate(req: SearchRequest) -> None:
                           "to 1 of the trials spent screening on cached features.")
     if not req.study or any(c in req.study for c in "/\\") or req.study.startswith("."):
         raise ConfigError(f"--study {req.study!r}: expected a plain name (no slashes).")
+    _validate_driver(req)
+
+
+DRIVERS = ("optuna", "keras-tuner")
+KT_ALGORITHMS = ("random", "bayesian", "hyperband")
+
+
+def _validate_driver(req: SearchRequest) -> None:
+    """--driver and --algorithm go together: an algorithm only for keras-tuner."""
+    if req.driver not in DRIVERS:
+        raise ConfigError(f"--driver {req.driver!r}: expected one of {', '.join(DRIVERS)}.")
+    if req.driver == "optuna" and req.algorithm is not None:
+        raise ConfigError(f"--algorithm {req.algorithm}: only --driver keras-tuner takes an "
+                          "algorithm; the Optuna driver always runs TPE with the staged schedule "
+                          "(see --screen-fraction and --pruner).")
+    if req.algorithm is not None and req.algorithm not in KT_ALGORITHMS:
+        raise ConfigError(f"--algorithm {req.algorithm!r}: expected one of "
+                          f"{', '.join(KT_ALGORITHMS)}.")
+
+
+def driver_label(req: SearchRequest) -> str:
+    """The driver flags a study is tied to, as the user types them."""
+    if req.driver == "optuna":
+        return "--driver optuna"
+    return f"--driver keras-tuner --algorithm {req.algorithm or 'bayesian'}"
 
 
 def usable_backbones(space: SearchSpace, resolver: Any) -> tuple[SearchSpace, list[str]]:
@@ -113,6 +140,7 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print) -> Any:
     study = open_study(Path(req.results), req.study, req.storage, create=True,
                        pruner=optuna_driver.make_pruner(req.pruner))
     _check_same_data(study, data, req)
+    _check_same_driver(study, req)
     # a resumed search must not replay the same random start points
     study.sampler = optuna.samplers.TPESampler(seed=req.run.seed + len(study.trials))
     # with a shared --storage another worker may be running a trial right now: leave it alone
@@ -135,8 +163,15 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print) -> Any:
         leaderboard.write_csv(board, folder / "leaderboard.csv")
         echo(_progress_line(trial, board, optuna_driver.finished_count(study), req.trials))
 
-    optuna_driver.run(space, ctx, study, n_trials=req.trials, timeout=req.timeout,
-                      on_trial_end=on_trial_end, screen_fraction=req.screen_fraction)
+    if req.driver == "keras-tuner":
+        from automl.drivers import kerastuner_driver
+
+        kerastuner_driver.run(space, ctx, study, algorithm=req.algorithm or "bayesian",
+                              n_trials=req.trials, timeout=req.timeout,
+                              on_trial_end=on_trial_end, project_dir=folder / "keras_tuner")
+    else:
+        optuna_driver.run(space, ctx, study, n_trials=req.trials, timeout=req.timeout,
+                          on_trial_end=on_trial_end, screen_fraction=req.screen_fraction)
     board = leaderboard.from_study(study)
     leaderboard.write_csv(board, folder / "leaderboard.csv")
     return study
@@ -159,6 +194,25 @@ def _check_same_data(study: Any, data: Any, req: SearchRequest) -> None:
             f"{known.get('seed')}, val {known.get('val_split')}, test {known.get('test_split')}); "
             f"this run's data ({data.source}) differs. Use another --study name, or the same "
             "data, seed and splits to resume it.")
+
+
+def _check_same_driver(study: Any, req: SearchRequest) -> None:
+    """Record the driver on a new study; refuse to resume it with another driver or algorithm.
+
+    The Optuna driver's staged schedule reads its own trials' stages and TPE history, and
+    keras-tuner's oracle state lives in its project folder and knows only its own trials: a
+    study mixing them would follow neither algorithm, so it keeps the driver it started with.
+    """
+    label = driver_label(req)
+    known = study.user_attrs.get("driver")
+    if known is None and study.trials:
+        known = "--driver optuna"  # studies from before the keras-tuner driver
+    if known is None:
+        study.set_user_attr("driver", label)
+    elif known != label:
+        raise ConfigError(f"study '{req.study}' was searched with {known}; this run asks for "
+                          f"{label}. A study keeps the driver it started with: resume it with "
+                          f"{known}, or start a new study with --study NAME.")
 
 
 def _keep_best_weights(board: Any, trials_dir: Path, keep: int) -> None:
