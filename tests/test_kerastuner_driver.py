@@ -199,23 +199,6 @@ EPOCHS = {"random": ["--epochs", "2", "--fine-tune-epochs", "1"],
           "hyperband": ["--epochs", "1", "--fine-tune-epochs", "2"]}
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """16/6/6 images per class of the embedded Animal-MNIST, as an .npz."""
-    from automl.data import load_data
-
-    full = load_data(None)
-    arrays = {}
-    for split, key, n in ((full.train, "train", 16), (full.validation, "val", 6),
-                          (full.test, "test", 6)):
-        keep = np.sort(np.concatenate([np.flatnonzero(split.labels == c)[:n] for c in range(10)]))
-        arrays[f"x_{key}"] = np.stack(list(split.images(28).as_numpy_iterator()))[keep]
-        arrays[f"y_{key}"] = split.labels[keep]
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, **arrays, class_names=np.array(full.class_names))
-    return path
-
-
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
@@ -228,7 +211,7 @@ def _study(results: Path) -> optuna.Study:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["random", "bayesian", "hyperband"])
-def test_search_resume_and_export(algorithm: str, tiny: Path, tmp_path: Path,
+def test_search_resume_and_export(algorithm: str, tiny_npz: Path, tmp_path: Path,
                                   capsys: pytest.CaptureFixture) -> None:
     import tensorflow as tf
 
@@ -237,7 +220,7 @@ def test_search_resume_and_export(algorithm: str, tiny: Path, tmp_path: Path,
 
     (tmp_path / "space.yaml").write_text(SPACE)
     results = tmp_path / "results"
-    argv = ["search", "--driver", "keras-tuner", "--algorithm", algorithm, "--data", str(tiny),
+    argv = ["search", "--driver", "keras-tuner", "--algorithm", algorithm, "--data", str(tiny_npz),
             "--space", str(tmp_path / "space.yaml"), "--results", str(results),
             "--batch-size", "64", *EPOCHS[algorithm]]
     board = results / "default" / "leaderboard.csv"
@@ -299,7 +282,7 @@ def test_search_resume_and_export(algorithm: str, tiny: Path, tmp_path: Path,
     best_row = rows[0]
     assert json.loads((out / "automl.json").read_text())["trial"] == int(best_row["trial"])
     model = tf.saved_model.load(str(out))
-    data = load_data(str(tiny))
+    data = load_data(str(tiny_npz))
     images = np.stack(list(data.test.images(32).as_numpy_iterator()))
     probs = model(tf.constant(images, tf.float32)).numpy()
     assert scores(probs, data.test.labels)[1] == pytest.approx(
@@ -344,3 +327,18 @@ def test_an_unknown_algorithm_is_an_argparse_choice_error(capsys: pytest.Capture
     assert exit_info.value.code == 2
     assert "argument --algorithm: invalid choice: 'grid' (choose from 'random', 'bayesian', " \
            "'hyperband')" in capsys.readouterr().err
+
+
+def test_trials_left_waiting_by_a_stopped_process_are_closed(tmp_path: Path) -> None:
+    from automl.drivers.kerastuner_driver import _fail_waiting
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}",
+                                direction="maximize")
+    study.enqueue_trial({"head_width": 64}, user_attrs={"kt_trial_id": "0007"})
+    _fail_waiting(study)
+    stale = study.trials[0]
+    assert stale.state.name == "FAIL" and stale.user_attrs["state_detail"] == "INTERRUPTED"
+    # the next enqueue-and-ask gets its own entry, not the stale one
+    study.enqueue_trial({"head_width": 32}, user_attrs={"kt_trial_id": "0008"})
+    trial = study.ask({"head_width": optuna.distributions.CategoricalDistribution([32, 64])})
+    assert trial.params == {"head_width": 32} and trial.user_attrs["kt_trial_id"] == "0008"

@@ -326,5 +326,19 @@ def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, algorith
     if algorithm == "hyperband" and max_budget(space, ctx.run) < HYPERBAND_FACTOR:
         log.warning("Hyperband with a budget of %d epochs (--epochs + --fine-tune-epochs) has a "
                     "single rung: it runs as random search.", max_budget(space, ctx.run))
+    _fail_waiting(study)
     tuner = AutoMLTuner(algorithm, space, ctx, study, project_dir)
     return tuner.search_until(n_trials, timeout, on_trial_end)
+
+
+def _fail_waiting(study: optuna.Study) -> None:
+    """Close study trials enqueued by a process that stopped before asking for them.
+
+    Each keras-tuner trial is enqueued and asked at once; one left WAITING would otherwise be
+    handed out in place of the next trial's own entry.
+    """
+    for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        study._storage.set_trial_user_attr(frozen._trial_id, "reason",
+                                           "the process that enqueued it stopped before it ran")
+        study._storage.set_trial_user_attr(frozen._trial_id, "state_detail", "INTERRUPTED")
+        study._storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.FAIL)
