@@ -287,6 +287,18 @@ def test_search_resume_and_export(algorithm: str, tiny_npz: Path, tmp_path: Path
     probs = model(tf.constant(images, tf.float32)).numpy()
     assert scores(probs, data.test.labels)[1] == pytest.approx(
         float(best_row["test_accuracy"]), abs=1e-6)
+    # leaderboard and predict read the study as they do after an Optuna search
+    capsys.readouterr()
+    assert main(["leaderboard", "--results", str(results), "--top", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("COMPLETE") == 4 and "best_val_accuracy" in printed
+    from PIL import Image
+
+    Image.fromarray(images[0]).save(tmp_path / "first.png")
+    assert main(["predict", str(out), str(tmp_path / "first.png"), "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)[0]["predictions"][0]
+    assert predicted["label"] == data.class_names[int(np.argmax(probs[0]))]
+    assert predicted["probability"] == pytest.approx(float(np.max(probs[0])), abs=1e-5)
 
     # the other driver, another algorithm or another space: refused, nothing touched
     capsys.readouterr()
