@@ -117,7 +117,7 @@ def usable_backbones(space: SearchSpace, resolver: Any) -> tuple[SearchSpace, li
 
 
 def run_search(req: SearchRequest, echo: Callable[[str], None] = print) -> Any:
-    """Validate, load, then run the Optuna driver; returns the study."""
+    """Validate, load, then run the Optuna (or keras-tuner) driver; returns the study."""
     validate(req)
     space = SearchSpace.from_file(req.space or default_space_file())
     from automl.data import load_data

@@ -1,4 +1,4 @@
-"""Ctrl-C through a real process with the keras-tuner driver: nothing broken, the trial retried."""
+"""Ctrl-C and kill -9 of a keras-tuner search (a real process): nothing broken, trial retried."""
 
 from __future__ import annotations
 
@@ -24,54 +24,79 @@ augmentation: flip
 """
 
 
-@pytest.mark.slow
-def test_ctrl_c_queues_the_keras_tuner_trial_and_the_same_command_retries_it(
-        tiny_npz: Path, tmp_path: Path) -> None:
-    """Interrupted mid-trial: INTERRUPTED in the study, queued for retry in the kt project."""
-    (tmp_path / "space.yaml").write_text(SLOW_SPACE)
-    results = tmp_path / "results"
+def _command(root: Path, data: Path, algorithm: str, trials: int, epochs: int,
+             batch: int) -> list[str]:
+    # augmentation runs the backbone live: epochs long enough to stop one midway
+    return [sys.executable, "-m", "automl.cli", "search", "--driver", "keras-tuner",
+            "--algorithm", algorithm, "--data", str(data), "--space", str(root / "space.yaml"),
+            "--results", str(root / "results"), "--trials", str(trials), "--epochs",
+            str(epochs), "--batch-size", str(batch)]
 
-    def command(trials: int, epochs: int) -> list[str]:
-        # augmentation runs the backbone live: epochs long enough to interrupt one
-        return [sys.executable, "-m", "automl.cli", "search", "--driver", "keras-tuner",
-                "--algorithm", "random", "--data", str(tiny_npz), "--space",
-                str(tmp_path / "space.yaml"), "--results", str(results), "--trials",
-                str(trials), "--epochs", str(epochs), "--batch-size", "16"]
 
-    board = results / "default" / "leaderboard.csv"
-    proc = subprocess.Popen(command(30, 40), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ})
+def _stop_during_the_second_trial(argv: list[str], board: Path,
+                                  sig: int) -> tuple[subprocess.Popen, str, str]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ})
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if board.is_file() and any(r["state"] == "COMPLETE" for r in _rows(board)):
             break
         time.sleep(0.5)
-    time.sleep(1.5)  # into the second trial's training
-    proc.send_signal(signal.SIGINT)
+    time.sleep(1.5)  # the next trial is being built or trained
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "run the same command again to resume" in err and "Traceback" not in err
+    return proc, out, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("algorithm", "sig"), [("random", signal.SIGINT),
+                                                ("hyperband", signal.SIGKILL)],
+                         ids=["ctrl-c-random", "kill-9-hyperband"])
+def test_a_stopped_keras_tuner_trial_is_retried_by_the_same_command(
+        algorithm: str, sig: int, tiny_npz: Path, tmp_path: Path) -> None:
+    """Ctrl-C or kill -9 mid-trial: INTERRUPTED in the study, run again first by the next run."""
+    (tmp_path / "space.yaml").write_text(SLOW_SPACE)
+    results = tmp_path / "results"
+    board = results / "default" / "leaderboard.csv"
+    project = results / "default" / "keras_tuner" / algorithm
+    # Hyperband's first rung is 2 epochs whatever --epochs is: small batches make them long
+    epochs, batch = (40, 16) if algorithm == "random" else (40, 4)
+    proc, _, err = _stop_during_the_second_trial(
+        _command(tmp_path, tiny_npz, algorithm, 30, epochs, batch), board, sig)
     rows = _rows(board)
-    interrupted = [r for r in rows if r["state"] == "INTERRUPTED"]
-    assert len(interrupted) == 1 and "Ctrl-C" in interrupted[0]["reason"]
     assert "RUNNING" not in {r["state"] for r in rows}
-    study = _study(results)
-    stopped = study.trials[int(interrupted[0]["trial"])]
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, err
+        assert "run the same command again to resume" in err and "Traceback" not in err
+        interrupted = [r for r in rows if r["state"] == "INTERRUPTED"]
+        assert len(interrupted) == 1 and "Ctrl-C" in interrupted[0]["reason"]
+        stopped = _study(results).trials[int(interrupted[0]["trial"])]
+        oracle = json.loads((project / "oracle.json").read_text())
+        assert oracle["ongoing_trials"] == {}
+        assert oracle["retry_queue"] == [stopped.user_attrs["kt_trial_id"]]
+    else:  # nothing could be written: the trial is still RUNNING in the study and the project
+        assert all(r["state"] == "COMPLETE" for r in rows)
+        stopped = _study(results).trials[-1]
+        assert stopped.state.name == "RUNNING"
+        oracle = json.loads((project / "oracle.json").read_text())
+        assert list(oracle["ongoing_trials"].values()) == [stopped.user_attrs["kt_trial_id"]]
     kt_id = stopped.user_attrs["kt_trial_id"]
-    project = results / "default" / "keras_tuner" / "random"
-    oracle = json.loads((project / "oracle.json").read_text())
-    assert oracle["ongoing_trials"] == {} and oracle["retry_queue"] == [kt_id]
     finished = sum(r["state"] == "COMPLETE" for r in rows)
 
-    # the same command (shorter, to keep the test quick) retries that configuration first
-    done = subprocess.run(command(finished + 1, 1), capture_output=True, text=True, timeout=600)
+    # the same command (random: shorter, to keep the test quick) runs that configuration first
+    resume = _command(tmp_path, tiny_npz, algorithm, finished + 1,
+                      1 if algorithm == "random" else epochs, batch)
+    done = subprocess.run(resume, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
+    if sig == signal.SIGKILL:
+        assert "left running by a process that stopped" in done.stdout
     study = _study(results)
     retried = study.trials[-1]
     assert retried.state.name == "COMPLETE" and retried.user_attrs["kt_trial_id"] == kt_id
     assert retried.user_attrs["config"] == stopped.user_attrs["config"]
     rows = _rows(board)
     assert sorted(int(r["trial"]) for r in rows) == list(range(len(rows)))
+    assert [r["state"] for r in rows].count("INTERRUPTED") == 1
     assert sum(r["state"] == "COMPLETE" for r in rows) == finished + 1
     oracle = json.loads((project / "oracle.json").read_text())
     assert oracle["ongoing_trials"] == {} and oracle["retry_queue"] == []
