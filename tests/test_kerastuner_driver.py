@@ -316,6 +316,12 @@ def test_search_resume_and_export(algorithm: str, tiny_npz: Path, tmp_path: Path
     assert "differs from the one the keras-tuner project" in capsys.readouterr().err
     assert board.read_bytes() == before
     assert len(list(project.glob("trial_*"))) == 4
+    if algorithm == "random":  # a damaged project is named, not a traceback
+        (project / "oracle.json").write_text('{"ongoing_trials": {}}')
+        assert main([*argv, "--trials", "5"]) == 2
+        assert (f"the keras-tuner project {project} cannot be reloaded: its oracle.json or a "
+                "trial.json is damaged (KeyError: 'hyperparameters')") in capsys.readouterr().err
+        assert board.read_bytes() == before
 
 
 @pytest.mark.parametrize(("argv", "message"), [

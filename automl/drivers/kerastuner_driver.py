@@ -116,9 +116,18 @@ class AutoMLTuner(kt.engine.base_tuner.BaseTuner):
         oracle = make_oracle(algorithm, space, ctx.run)
         wanted = _space_config(oracle.hyperparameters)
         settings = _hyperband_settings(oracle)
-        with contextlib.redirect_stdout(io.StringIO()):  # "Reloading Tuner from ..."
-            super().__init__(oracle, directory=str(project_dir), project_name=algorithm,
-                             overwrite=False)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # "Reloading Tuner from ..."
+                super().__init__(oracle, directory=str(project_dir), project_name=algorithm,
+                                 overwrite=False)
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:  # damaged project files
+            cause = exc.__cause__ or exc  # keras-tuner wraps a missing key in a RuntimeError
+            raise ConfigError(
+                f"the keras-tuner project {project_dir / algorithm} cannot be reloaded: its "
+                f"oracle.json or a trial.json is damaged ({type(cause).__name__}: "
+                f"{str(cause).splitlines()[0][:120] if str(cause) else ''}). "
+                "Move that folder away to restart keras-tuner's state (the study's finished "
+                "trials are kept), or start a new study with --study NAME.") from None
         self.oracle.verbose = 0
         if _space_config(self.oracle.hyperparameters) != wanted:
             raise ConfigError(
@@ -249,7 +258,7 @@ class AutoMLTuner(kt.engine.base_tuner.BaseTuner):
         head, tune = budget_epochs(int(values["tuner/epochs"]), run)
         ctx = dataclasses.replace(self.ctx, run=dataclasses.replace(
             run, epochs=head, fine_tune_epochs=tune))
-        before = self._predecessor(values.get("tuner/trial_id"))
+        before = self._predecessor(values.get("tuner/trial_id"), otrial.user_attrs["config"])
         if before is None:
             return ctx, None
         prev_head = budget_epochs(int(before.user_attrs.get("kt_budget", 0)), run)[0]
@@ -259,12 +268,14 @@ class AutoMLTuner(kt.engine.base_tuner.BaseTuner):
         otrial.set_user_attr("refines", before.number)
         return ctx, _warm_start(self.study, otrial, ctx)
 
-    def _predecessor(self, kt_id: str | None) -> optuna.trial.FrozenTrial | None:
+    def _predecessor(self, kt_id: str | None, config: dict[str, Any],
+                     ) -> optuna.trial.FrozenTrial | None:
         """The latest COMPLETE study trial of keras-tuner trial ``kt_id`` with its head kept."""
         if kt_id is None:
             return None
         for t in reversed(self.study.get_trials(deepcopy=False)):
             if (t.user_attrs.get("kt_trial_id") == kt_id and t.state.name == "COMPLETE"
+                    and t.user_attrs.get("config") == config
                     and head_path(self.ctx.trials_dir, t.number).is_file()):
                 return t
         return None
