@@ -316,6 +316,11 @@ def test_search_resume_and_export(algorithm: str, tiny_npz: Path, tmp_path: Path
     assert "differs from the one the keras-tuner project" in capsys.readouterr().err
     assert board.read_bytes() == before
     assert len(list(project.glob("trial_*"))) == 4
+    if algorithm == "hyperband":  # its budgets are tied to the epochs it started with
+        assert main([*argv, "--epochs", "2", "--trials", "5"]) == 2
+        assert (f"the Hyperband project {project} was started with a budget of 3 epochs "
+                "(--epochs + --fine-tune-epochs); this run asks for 4.") in capsys.readouterr().err
+        assert board.read_bytes() == before
     if algorithm == "random":  # a damaged project is named, not a traceback
         (project / "oracle.json").write_text('{"ongoing_trials": {}}')
         assert main([*argv, "--trials", "5"]) == 2
