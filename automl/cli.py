@@ -29,11 +29,17 @@ def _parser() -> argparse.ArgumentParser:
     _study_args(s)
     s.add_argument("--trials", type=int, default=50, help="finished trials the study ends with")
     s.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
-    s.add_argument("--pruner", default="median", choices=["median", "hyperband", "halving",
-                                                          "none"])
-    s.add_argument("--screen-fraction", type=float, default=0.8,
+    s.add_argument("--driver", default="optuna", choices=["optuna", "keras-tuner"],
+                   help="who picks the trials: Optuna's TPE with the staged schedule (default), "
+                   "or a keras-tuner algorithm")
+    s.add_argument("--algorithm", choices=["random", "bayesian", "hyperband"],
+                   help="keras-tuner's algorithm (default: bayesian); --driver keras-tuner only")
+    s.add_argument("--pruner", choices=["median", "hyperband", "halving", "none"],
+                   help="Optuna pruner (default: median); --driver optuna only")
+    s.add_argument("--screen-fraction", type=float,
                    help="share of trials that screen head settings on cached features before "
-                   "fine-tuning and augmentation are tried on the best (1 = no staging)")
+                   "fine-tuning and augmentation are tried on the best (1 = no staging; "
+                   "default 0.8); --driver optuna only")
     s.add_argument("--epochs", type=int, default=10, help="max epochs of the head phase")
     s.add_argument("--fine-tune-epochs", type=int, default=5,
                    help="max epochs of the fine-tuning phase")
@@ -136,12 +142,20 @@ def cmd_search(a: argparse.Namespace) -> int:
                     batch_size=a.batch_size, seed=a.seed, feature_cache=not a.no_feature_cache,
                     cache_memory_mb=a.cache_memory, keep_weights=a.keep_weights,
                     weights=a.weights, weights_dir=a.weights_dir)
+    if a.driver != "optuna":
+        for flag, value in (("--pruner", a.pruner), ("--screen-fraction", a.screen_fraction)):
+            if value is not None:
+                raise ConfigError(f"{flag} applies to --driver optuna only; keras-tuner's "
+                                  "algorithms schedule trials themselves (--algorithm hyperband "
+                                  "stops weak configurations early).")
     req = SearchRequest(space=a.space, data=a.data, results=a.results, study=a.study,
-                        storage=a.storage, trials=a.trials, timeout=a.timeout, pruner=a.pruner,
-                        screen_fraction=a.screen_fraction,
+                        storage=a.storage, trials=a.trials, timeout=a.timeout,
+                        pruner=a.pruner or "median",
+                        screen_fraction=0.8 if a.screen_fraction is None else a.screen_fraction,
                         val_split=a.val_split, test_split=a.test_split, run=run,
                         artifacts=a.artifacts, heartbeat=a.heartbeat,
-                        heartbeat_grace=a.heartbeat_grace)
+                        heartbeat_grace=a.heartbeat_grace, driver=a.driver,
+                        algorithm=a.algorithm)
     from automl.progress import make_progress
 
     study = run_search(req, progress=make_progress(sys.stdout, quiet=a.quiet))

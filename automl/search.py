@@ -39,6 +39,8 @@ class SearchRequest:
     artifacts: str | None = None     # kept weights; default <results>/<study>/trials
     heartbeat: int = 60              # with --storage: seconds between a worker's heartbeats
     heartbeat_grace: int | None = None   # silent this long -> failed and retried (3 beats)
+    driver: str = "optuna"           # or "keras-tuner"
+    algorithm: str | None = None     # keras-tuner only: random, bayesian (default), hyperband
 
 
 def default_space_file() -> Path:
@@ -69,6 +71,31 @@ def validate(req: SearchRequest) -> None:
                           "interval at least 1 and the grace period longer than the interval.")
     if not req.study or any(c in req.study for c in "/\\") or req.study.startswith("."):
         raise ConfigError(f"--study {req.study!r}: expected a plain name (no slashes).")
+    _validate_driver(req)
+
+
+DRIVERS = ("optuna", "keras-tuner")
+KT_ALGORITHMS = ("random", "bayesian", "hyperband")
+
+
+def _validate_driver(req: SearchRequest) -> None:
+    """--driver and --algorithm go together: an algorithm only for keras-tuner."""
+    if req.driver not in DRIVERS:
+        raise ConfigError(f"--driver {req.driver!r}: expected one of {', '.join(DRIVERS)}.")
+    if req.driver == "optuna" and req.algorithm is not None:
+        raise ConfigError(f"--algorithm {req.algorithm}: only --driver keras-tuner takes an "
+                          "algorithm; the Optuna driver always runs TPE with the staged schedule "
+                          "(see --screen-fraction and --pruner).")
+    if req.algorithm is not None and req.algorithm not in KT_ALGORITHMS:
+        raise ConfigError(f"--algorithm {req.algorithm!r}: expected one of "
+                          f"{', '.join(KT_ALGORITHMS)}.")
+
+
+def driver_label(req: SearchRequest) -> str:
+    """The driver flags a study is tied to, as the user types them."""
+    if req.driver == "optuna":
+        return "--driver optuna"
+    return f"--driver keras-tuner --algorithm {req.algorithm or 'bayesian'}"
 
 
 def usable_backbones(space: SearchSpace, resolver: Any) -> tuple[SearchSpace, list[str]]:
@@ -101,7 +128,7 @@ def usable_backbones(space: SearchSpace, resolver: Any) -> tuple[SearchSpace, li
 
 def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
                progress: SearchProgress | None = None) -> Any:
-    """Validate, load, then run the Optuna driver; returns the study.
+    """Validate, load, then run the Optuna (or keras-tuner) driver; returns the study.
 
     ``progress`` shows the run (default: one line per finished trial through ``echo``).
     """
@@ -131,6 +158,7 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
     study = open_study(Path(req.results), req.study, req.storage, create=True,
                        pruner=optuna_driver.make_pruner(req.pruner), heartbeat=beat)
     _check_same_data(study, data, req)
+    _check_same_driver(study, req)
     artifacts = artifact_root(req.results, req.study, req.artifacts, study, req.storage,
                               record=True)
     # a resumed search must not replay the same random start points, nor may two workers
@@ -166,9 +194,17 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
                    best=None if best is None else (float(best["val_accuracy"]),
                                                    int(best["trial"])))
     try:
-        optuna_driver.run(space, ctx, study, n_trials=req.trials, timeout=req.timeout,
-                          on_trial_end=on_trial_end, screen_fraction=req.screen_fraction,
-                          progress=progress)
+        if req.driver == "keras-tuner":
+            from automl.drivers import kerastuner_driver
+
+            kerastuner_driver.run(space, ctx, study, algorithm=req.algorithm or "bayesian",
+                                  n_trials=req.trials, timeout=req.timeout,
+                                  on_trial_end=on_trial_end,
+                                  project_dir=folder / "keras_tuner")
+        else:
+            optuna_driver.run(space, ctx, study, n_trials=req.trials, timeout=req.timeout,
+                              on_trial_end=on_trial_end, screen_fraction=req.screen_fraction,
+                              progress=progress)
     finally:
         progress.close()
     board = leaderboard.from_study(study, artifacts)
@@ -193,6 +229,25 @@ def _check_same_data(study: Any, data: Any, req: SearchRequest) -> None:
             f"{known.get('seed')}, val {known.get('val_split')}, test {known.get('test_split')}); "
             f"this run's data ({data.source}) differs. Use another --study name, or the same "
             "data, seed and splits to resume it.")
+
+
+def _check_same_driver(study: Any, req: SearchRequest) -> None:
+    """Record the driver on a new study; refuse to resume it with another driver or algorithm.
+
+    The Optuna driver's staged schedule reads its own trials' stages and TPE history, and
+    keras-tuner's oracle state lives in its project folder and knows only its own trials: a
+    study mixing them would follow neither algorithm, so it keeps the driver it started with.
+    """
+    label = driver_label(req)
+    known = study.user_attrs.get("driver")
+    if known is None and study.trials:
+        known = "--driver optuna"  # studies from before the keras-tuner driver
+    if known is None:
+        study.set_user_attr("driver", label)
+    elif known != label:
+        raise ConfigError(f"study '{req.study}' was searched with {known}; this run asks for "
+                          f"{label}. A study keeps the driver it started with: resume it with "
+                          f"{known}, or start a new study with --study NAME.")
 
 
 def _in_use(study: Any) -> set[int]:

@@ -185,8 +185,9 @@ def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials
             break
         if shared and now.finished + now.running >= n_trials and not now.waiting:
             if not said_waiting:
-                progress.note(f"waiting: {now.finished} trials finished and {now.running} running on "
-                     f"other workers make {n_trials}; this worker takes over any that fails")
+                progress.note(f"waiting: {now.finished} trials finished and {now.running} running "
+                              f"on other workers make {n_trials}; this worker takes over any that "
+                              "fails")
             said_waiting = True
             time.sleep(poll)
             continue
