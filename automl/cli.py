@@ -239,7 +239,7 @@ def cmd_backbones(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from automl.report import build_report
 
-    report = build_report(Path(a.results), a.study, a.storage)
+    report = build_report(Path(a.results), a.study, a.storage, a.artifacts)
     for text in report.notes:
         print(f"note: {text}")
     if report.test is not None:

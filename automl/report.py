@@ -96,15 +96,20 @@ class _Page:
                           f'data-file="{html.escape(path.name)}"></figure>')
 
 
-def build_report(results: Path, study_name: str, storage: str | None = None) -> Report:
-    """Write ``results/<study>/report.html`` and ``results/<study>/report/*.png``."""
+def build_report(results: Path, study_name: str, storage: str | None = None,
+                 artifacts: str | None = None) -> Report:
+    """Write ``results/<study>/report.html`` and ``results/<study>/report/*.png``.
+
+    ``artifacts``: where the kept weights are (``--artifacts``; default as the search chose).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
-    from automl.study import open_study, storage_url
+    from automl.study import artifact_root, open_study, storage_url
 
     study = open_study(Path(results), study_name, storage, create=False)
-    board = leaderboard.from_study(study)
+    root = artifact_root(results, study_name, artifacts, study, storage)
+    board = leaderboard.from_study(study, root)
     folder = study_dir(results, study_name)
     page = _Page(folder / "report")
     done = board[board["state"] == "COMPLETE"]
@@ -112,7 +117,7 @@ def build_report(results: Path, study_name: str, storage: str | None = None) -> 
     _history(page, board)
     _importances(page, study)
     _dimensions(page, done)
-    test, per_class = _best_trial(page, study, board, Path(results), study_name)
+    test, per_class = _best_trial(page, study, board, root)
     url = storage_url(Path(results), study_name, storage)
     page.heading("More")
     page.parts.append("<p>Browse the study interactively with optuna-dashboard: "
@@ -219,8 +224,8 @@ def _dimensions(page: _Page, done: pd.DataFrame) -> None:
                "validation accuracy against each search dimension")
 
 
-def _best_trial(page: _Page, study: Any, board: pd.DataFrame, results: Path,
-                study_name: str) -> tuple[TestEvaluation | None, pd.DataFrame | None]:
+def _best_trial(page: _Page, study: Any, board: pd.DataFrame, root: Path,
+                ) -> tuple[TestEvaluation | None, pd.DataFrame | None]:
     from automl.plots import curves_figure
 
     page.heading("Best trial: training curves")
@@ -244,7 +249,7 @@ def _best_trial(page: _Page, study: Any, board: pd.DataFrame, results: Path,
         page.note(f"Trial {number} has no stored per-epoch history.")
     page.heading("Best trial on the test split")
     try:
-        test, images, size = evaluate_test(study, row, results, study_name)
+        test, images, size = evaluate_test(study, row, root)
     except AutoMLError as exc:  # weights deleted, data no longer where the search found it
         page.note(f"The test-split sections are missing: {exc}")
         return None, None
@@ -268,7 +273,7 @@ def study_data(study: Any) -> Any:
                      test_split=meta.get("test_split", 0.15), seed=meta.get("seed", 0))
 
 
-def evaluate_test(study: Any, row: pd.Series, results: Path, study_name: str,
+def evaluate_test(study: Any, row: pd.Series, artifacts: Path,
                   ) -> tuple[TestEvaluation | None, Any, int]:
     """Rebuild the trial's model from its kept weights and predict the test split."""
     import tensorflow as tf
@@ -277,7 +282,8 @@ def evaluate_test(study: Any, row: pd.Series, results: Path, study_name: str,
     from automl.objective import weights_path
 
     number = int(row["trial"])
-    weights = weights_path(Path(results) / study_name / "trials", number)
+    relative = study.trials[number].user_attrs.get("weights")
+    weights = artifacts / relative if relative else weights_path(artifacts, number)
     if not weights.is_file():
         raise ConfigError(f"the weights of trial {number} ({weights}) are missing; they may "
                           "have been deleted. Re-run the search to rebuild them.")

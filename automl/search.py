@@ -86,6 +86,10 @@ def _validate_driver(req: SearchRequest) -> None:
         raise ConfigError(f"--algorithm {req.algorithm}: only --driver keras-tuner takes an "
                           "algorithm; the Optuna driver always runs TPE with the staged schedule "
                           "(see --screen-fraction and --pruner).")
+    if req.driver == "keras-tuner" and req.storage is not None:
+        raise ConfigError(f"--storage {req.storage.split('://')[0]}...: the keras-tuner driver "
+                          "runs one worker per study (its oracle state lives in one project "
+                          "folder); use --driver optuna to share a study between workers.")
     if req.algorithm is not None and req.algorithm not in KT_ALGORITHMS:
         raise ConfigError(f"--algorithm {req.algorithm!r}: expected one of "
                           f"{', '.join(KT_ALGORITHMS)}.")

@@ -210,7 +210,8 @@ def test_missing_weights_leave_a_note_and_the_other_sections(run: dict, tmp_path
     best = int(run["board"][0]["trial"])
     weights = results / "default" / "trials" / f"trial_{best:04d}" / "model.weights.h5"
     weights.unlink()
-    report = build_report(results, "default")
+    # the copied study records the original artefact folder: point it at the copy
+    report = build_report(results, "default", artifacts=str(results / "default" / "trials"))
     assert report.test is None
     assert report.notes == [f"The test-split sections are missing: the weights of trial {best} "
                             f"({weights}) are missing; they may have been deleted. Re-run the "

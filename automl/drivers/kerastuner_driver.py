@@ -174,7 +174,7 @@ class AutoMLTuner(kt.engine.base_tuner.BaseTuner):
                 else type(exc).__name__)
             _fail(self.study, otrial, train_log, reason)
             raise kt.errors.FailedTrialError(reason) from None
-        _record(otrial, result)
+        _record(otrial, result, ctx.trials_dir)
         self.study.tell(otrial, result.val_accuracy)
         return {OBJECTIVE: result.val_accuracy}
 
