@@ -77,3 +77,16 @@ def test_offline_probe_answers_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOML_OFFLINE", "1")
     assert weights.download_reachable() is False
     weights.download_reachable.cache_clear()
+
+
+def test_keras_tuner_with_a_shared_storage_is_refused() -> None:
+    from automl.search import SearchRequest, validate
+
+    req = SearchRequest(driver="keras-tuner", storage="postgresql://u:secret@db/automl")
+    with pytest.raises(ConfigError) as err:
+        validate(req)
+    assert str(err.value) == (
+        "--storage postgresql...: the keras-tuner driver runs one worker per study (its oracle "
+        "state lives in one project folder); use --driver optuna to share a study between "
+        "workers.")
+    assert "secret" not in str(err.value)
