@@ -67,7 +67,8 @@ def _end(number: int, finished: int, value: float, best: tuple[float, int]) -> T
                     best_trial=best[1], params=PARAMS)
 
 
-def test_terminal_block_is_redrawn_in_place_and_trials_scroll_above() -> None:
+def test_terminal_block_is_redrawn_in_place_and_trials_scroll_above(monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("COLUMNS", "101")  # the 100-column fallback, whatever runs the tests
     clock, tty = Clock(), Terminal()
     view = LiveProgress(tty, clock=clock, tick=None)
     view.note("study 'default': 0 of 3 trials finished")
