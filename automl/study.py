@@ -143,7 +143,17 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None) -> Any:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine or None, **kwargs)
+            for attempt in range(5):  # workers started at once race to create Optuna's tables
+                try:
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine or None,
+                                                      **kwargs)
+                except Exception as exc:
+                    if "duplicate key" not in str(exc) and "already exists" not in str(exc) \
+                            or attempt == 4:
+                        raise
+                    import time
+
+                    time.sleep(1.0 + attempt)
     except ImportError:
         driver = _driver(url)
         package = _DRIVERS.get(driver or "")
