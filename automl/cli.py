@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="run the frozen backbone live in every epoch (slow; for comparison)")
     s.add_argument("--cache-memory", type=int, default=2048, metavar="MB",
                    help="memory for cached backbone activations")
+    s.add_argument("--in-process", action="store_true",
+                   help="run trials in this process instead of a worker process that is "
+                   "replaced when its memory grows (for debugging; memory then grows)")
     s.add_argument("--keep-weights", type=int, default=5, metavar="N",
                    help="keep the weights of the best N trials")
     s.add_argument("--weights", help="'none' for random initialisation, or a weights file")
@@ -102,7 +105,7 @@ _TF_NOISE = ("cudart_stub", "cuInit", "cuda_platform", "absl::InitializeLog", "o
              "cpu_feature_guard", "TF_ENABLE_ONEDNN_OPTS", "rebuild TensorFlow")
 
 
-def _quiet_tensorflow() -> None:
+def quiet_tensorflow() -> None:
     """Import TensorFlow with its start-up chatter about missing GPUs filtered out of stderr."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("absl").setLevel(logging.ERROR)
@@ -155,7 +158,7 @@ def cmd_search(a: argparse.Namespace) -> int:
                         val_split=a.val_split, test_split=a.test_split, run=run,
                         artifacts=a.artifacts, heartbeat=a.heartbeat,
                         heartbeat_grace=a.heartbeat_grace, driver=a.driver,
-                        algorithm=a.algorithm)
+                        algorithm=a.algorithm, in_process=a.in_process)
     from automl.progress import make_progress
 
     study = run_search(req, progress=make_progress(sys.stdout, quiet=a.quiet))
@@ -263,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("automl").setLevel(logging.DEBUG if args.debug else logging.INFO)
     try:
         if args.command != "backbones":  # the only command that needs no TensorFlow
-            _quiet_tensorflow()
+            quiet_tensorflow()
         return COMMANDS[args.command](args)
     except AutoMLError as exc:
         if args.debug:

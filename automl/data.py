@@ -101,6 +101,17 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to a trial worker) without its resized-image caches: they are rebuilt."""
+        state = dict(self.__dict__)
+        state["_cache"] = {}
+        return state
+
+    def cached_bytes(self) -> int:
+        """Bytes held by the resized in-memory image tensors of this split."""
+        return sum(int(t.shape.num_elements()) * t.dtype.size
+                   for key, t in self._cache.items() if key[0] == "tensor")
+
     def images(self, size: int) -> tf.data.Dataset:
         """Unbatched uint8 [size, size, 3] RGB images in label order; decoded/resized once per size.
 
@@ -248,6 +259,11 @@ class Datasets:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def cached_bytes(self) -> int:
+        """Bytes held by the resized image tensors of all splits (a bounded cache: one per
+        image size)."""
+        return sum(s.cached_bytes() for s in self.splits().values())
 
     def splits(self) -> dict[str, Split]:
         """The present splits, in SPLITS order."""

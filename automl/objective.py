@@ -29,6 +29,7 @@ class SearchContext:
     resolver: WeightsResolver
     cache: FeatureCache
     trials_dir: Path
+    worker: Any = None   # automl.worker.TrialWorker: trials run in its process (None: here)
 
 
 @dataclass
@@ -64,6 +65,17 @@ def weights_path(trials_dir: Path, number: int) -> Path:
 def head_path(trials_dir: Path, number: int) -> Path:
     """Where trial ``number`` keeps its head's weights (for warm starts)."""
     return trials_dir / f"trial_{number:04d}" / "head.weights.h5"
+
+
+def execute(config: TrialConfig, ctx: SearchContext, number: int,
+            reporter: Reporter | None = None, log: TrainLog | None = None,
+            warm: WarmStart | None = None) -> TrialResult:
+    """Run a trial in the context's worker process when it has one (the drivers' entry),
+    else in this process; the same result and exceptions either way."""
+    if ctx.worker is None:
+        return run_trial(config, ctx, number, reporter, log, warm)
+    return ctx.worker.run(config, ctx.run, number, reporter,
+                          log if log is not None else TrainLog(), warm)
 
 
 def run_trial(config: TrialConfig, ctx: SearchContext, number: int,

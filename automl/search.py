@@ -41,6 +41,7 @@ class SearchRequest:
     heartbeat_grace: int | None = None   # silent this long -> failed and retried (3 beats)
     driver: str = "optuna"           # or "keras-tuner"
     algorithm: str | None = None     # keras-tuner only: random, bayesian (default), hyperband
+    in_process: bool = False         # run trials here instead of in a recycled worker process
 
 
 def default_space_file() -> Path:
@@ -179,6 +180,10 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
     cache = FeatureCache(folder / "features" if req.run.feature_cache else None,
                          req.run.cache_memory_mb * 1024 * 1024)
     ctx = SearchContext(data, req.run, resolver, cache, artifacts)
+    if not req.in_process:
+        from automl.worker import TrialWorker
+
+        ctx.worker = TrialWorker.for_context(ctx)
     done = optuna_driver.finished_count(study)
     where = safe_url(req.storage) if req.storage else folder
     echo(f"study '{req.study}' in {where}: {done} of {req.trials} trials finished; data: "
@@ -210,6 +215,8 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
                               on_trial_end=on_trial_end, screen_fraction=req.screen_fraction,
                               progress=progress)
     finally:
+        if ctx.worker is not None:
+            ctx.worker.stop(kill=True)  # idle after the last trial; nothing left to wait for
         progress.close()
     board = leaderboard.from_study(study, artifacts)
     leaderboard.write_csv(board, folder / "leaderboard.csv")

@@ -2,7 +2,9 @@
 
 Contenders, each in its own child process (so peak RSS and TensorFlow state are its own):
 
-  a  ``automl search`` as shipped: frozen-activation cache, median pruner, staged schedule
+  a  ``automl search`` as shipped: frozen-activation cache, median pruner, staged schedule,
+     trials in a worker process that is replaced when its memory grows (RSS is measured over
+     the search process and its worker together)
   b  the same search with both switched off (``--no-feature-cache --pruner none``)
   c  a naive keras-tuner RandomSearch over the same space that builds and fits the whole model
      per trial, the way a user writes it by hand
@@ -40,15 +42,25 @@ SEED_RECIPE = {"head_width": 256, "dropout": 0.5, "learning_rate": 2e-5, "epochs
 
 # ----------------------------------------------------------------------------- measurements
 
-def rss_mb() -> float:
-    """Current resident memory of this process in MB."""
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+def tree_rss_mb(pid: int | None = None) -> float:
+    """Resident memory of a process and all its descendants (the search and its trial worker)."""
+    pid = pid or os.getpid()
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            total = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        children: list[int] = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:  # gone meanwhile
+        return 0.0
+    return total + sum(tree_rss_mb(c) for c in children)
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak RSS of this process plus the largest peak of its finished children (the worker)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + children) / 1024
 
 
 def best_so_far(timeline: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -88,7 +100,7 @@ def contender_search(args: argparse.Namespace, cached: bool) -> dict[str, Any]:
         if not counts:  # the first line says how many images each split has
             counts.extend(int(n) for n in re.findall(r"(\d+) (?:train|validation|test)", line))
         if line.startswith("["):  # one progress line per finished trial
-            rss.append(rss_mb())
+            rss.append(tree_rss_mb())
             print(f"  {time.monotonic() - start:7.1f}s {line[:110]}", flush=True)
 
     study = run_search(req, echo=echo)
@@ -104,25 +116,11 @@ def contender_search(args: argparse.Namespace, cached: bool) -> dict[str, Any]:
             if t.value > best_val:
                 best_val = float(t.value)
                 best_test = (t.user_attrs.get("result") or {}).get("test_accuracy")
+    worker = [t.user_attrs.get("worker_memory") for t in study.trials
+              if t.user_attrs.get("worker_memory")]
     return {"wall": wall, "trials": finished, "timeline": timeline, "best_val": best_val,
-            "best_test": best_test, "rss_per_trial": rss,
-            "cache_per_trial": _cache_per_trial(study, results / "bench" / "features",
-                                                sum(counts)),
+            "best_test": best_test, "rss_per_trial": rss, "worker_per_trial": worker,
             "peak_rss": peak_rss_mb()}
-
-
-def _cache_per_trial(study: Any, features: Path, n_images: int) -> list[float]:
-    """MB held by the bounded caches after each trial: activations stored so far plus the
-    resized image tensors of every image size used so far (in-memory data)."""
-    files = [(f.stat().st_mtime, f.stat().st_size) for f in features.glob("*.npy")]
-    out, sizes = [], set()
-    for t in study.trials:
-        sizes.add((t.user_attrs.get("config") or {}).get("image_size"))
-        done = (t.datetime_complete or t.datetime_start).timestamp() + 1.0
-        feats = sum(size for mtime, size in files if mtime <= done)
-        images = sum(n_images * s * s * 3 for s in sizes if s)
-        out.append((feats + images) / 2**20)
-    return out
 
 
 def _naive_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -366,7 +364,7 @@ def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     target_d = res["d"]["best_val"] if "d" in res else None
     target_c = res["c"]["best_val"] if "c" in res else None
     head = (f"{'contender':38} {'wall s':>8} {'trials':>6} {'best val':>8} {'test':>7} "
-            f"{'to (d) s':>9} {'to (c) s':>9} {'peak RSS MB':>11}")
+            f"{'to (d) s':>9} {'to (c) s':>9} {'peak RSS MB':>11}")  # own + worker's
     lines += [head, "-" * len(head)]
     for key in "abcd":
         if key not in res:
@@ -396,16 +394,19 @@ def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         rss = a["rss_per_trial"]
         if rss:
             upto = rss[: min(len(rss), 30)]
-            lines.append(f"(a) RSS after trial 1: {rss[0]:.0f} MB, after trial {len(upto)}: "
-                         f"{upto[-1]:.0f} MB (growth {upto[-1] - upto[0]:+.0f} MB), after the "
-                         f"last ({len(rss)}): {rss[-1]:.0f} MB, max {max(rss):.0f} MB")
-            cache = a.get("cache_per_trial") or []
-            if len(cache) == len(rss):
-                rest = [r - c for r, c in zip(rss, cache, strict=True)]
-                lines.append(f"(a) of which bounded caches (activations + resized images): "
-                             f"{cache[0]:.0f} MB after trial 1, {cache[-1]:.0f} MB at the end; "
-                             f"RSS outside the caches grew {rest[-1] - rest[0]:+.0f} MB over "
-                             f"{len(rss)} trials (max {max(rest) - rest[0]:+.0f} MB)")
+            lines.append(f"(a) RSS of the search and its trial worker after trial 1: {rss[0]:.0f} "
+                         f"MB, after trial {len(upto)}: {upto[-1]:.0f} MB (growth "
+                         f"{upto[-1] - upto[0]:+.0f} MB), after the last ({len(rss)}): "
+                         f"{rss[-1]:.0f} MB (growth {rss[-1] - rss[0]:+.0f} MB), max "
+                         f"{max(rss):.0f} MB")
+        worker = a.get("worker_per_trial") or []
+        if worker:
+            outside = [w["rss_mb"] - w["cache_mb"] for w in worker]
+            lines.append(f"(a) trial worker: {len({w['pid'] for w in worker})} process(es) over "
+                         f"{len(worker)} trials; RSS outside its bounded caches {outside[0]:.0f} "
+                         f"MB after trial 1, max {max(outside):.0f} MB; bounded caches "
+                         f"(activations + resized images) {worker[0]['cache_mb']:.0f} MB after "
+                         f"trial 1, max {max(w['cache_mb'] for w in worker):.0f} MB")
     if "throughput" in res:
         for row in res["throughput"]["rows"]:
             lines.append(f"feature extraction {row['backbone']} {row['size']}px: "

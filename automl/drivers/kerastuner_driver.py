@@ -39,7 +39,7 @@ from automl.drivers.optuna_driver import (
     finished_count,
 )
 from automl.errors import ConfigError, DataError, TrialFailed, WeightsError
-from automl.objective import SearchContext, head_path, run_trial
+from automl.objective import SearchContext, execute, head_path
 from automl.space import SearchSpace
 from automl.train import TrainLog
 
@@ -160,7 +160,7 @@ class AutoMLTuner(kt.engine.base_tuner.BaseTuner):
             otrial.report(row["val_accuracy"], epoch)
 
         try:
-            result = run_trial(config, ctx, otrial.number, report, train_log, warm)
+            result = execute(config, ctx, otrial.number, report, train_log, warm)
         except KeyboardInterrupt:
             _fail(self.study, otrial, train_log, "interrupted by the user (Ctrl-C)", "INTERRUPTED")
             raise

@@ -19,7 +19,7 @@ import optuna
 from automl import heartbeat
 from automl.config import TrialConfig
 from automl.errors import AutoMLError, ConfigError, DataError, TrialFailed, WeightsError
-from automl.objective import SearchContext, TrialResult, WarmStart, head_path, run_trial
+from automl.objective import SearchContext, TrialResult, WarmStart, execute, head_path
 from automl.progress import SearchProgress
 from automl.space import Categorical, Fixed, IntRange, Param, SearchSpace
 from automl.train import TrainLog
@@ -254,8 +254,11 @@ def _run_one(params: dict[str, Any], ctx: SearchContext, study: optuna.Study,
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
     try:
-        result = run_trial(config, ctx, trial.number, report, train_log,
-                           _warm_start(study, trial, ctx))
+        try:
+            result = execute(config, ctx, trial.number, report, train_log,
+                             _warm_start(study, trial, ctx))
+        finally:
+            _note_memory(trial, ctx)
     except optuna.TrialPruned:
         trial.set_user_attr("history", train_log.epochs)
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -277,6 +280,15 @@ def _run_one(params: dict[str, Any], ctx: SearchContext, study: optuna.Study,
     _record(trial, result, ctx.trials_dir)
     study.tell(trial, result.val_accuracy)
     return optuna.trial.TrialState.COMPLETE
+
+
+def _note_memory(trial: optuna.Trial, ctx: SearchContext) -> None:
+    """Record the trial worker's memory after the trial (how the benchmark sees it stay flat)."""
+    memory = getattr(ctx.worker, "memory", None)
+    if memory is not None:
+        trial.set_user_attr("worker_memory", {"pid": ctx.worker.last_pid,
+                                              "rss_mb": round(memory.rss_mb, 1),
+                                              "cache_mb": round(memory.cache_mb, 1)})
 
 
 def _warm_start(study: optuna.Study, trial: optuna.Trial, ctx: SearchContext,

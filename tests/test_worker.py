@@ -1,0 +1,105 @@
+"""Trials in a worker process: same results as in-process, pruning, a dying worker, recycling."""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pytest
+
+from automl.config import RunConfig, TrialConfig
+from automl.data import load_data
+from automl.errors import TrialFailed
+from automl.features import FeatureCache
+from automl.objective import SearchContext, run_trial
+from automl.train import TrainLog
+from automl.weights import WeightsResolver
+from automl.worker import TrialWorker
+
+CONFIG = TrialConfig("efficientnet_lite0", 32, 1.0, 32, 0.1, 3e-3, "none")
+RUN = RunConfig(epochs=4, fine_tune_epochs=0, batch_size=64, patience=10)
+
+
+def _ctx(tiny_npz: Path, tmp: Path) -> SearchContext:
+    data = load_data(str(tiny_npz))
+    return SearchContext(data, RUN, WeightsResolver(), FeatureCache(tmp / "features", 1 << 28),
+                         tmp / "trials")
+
+
+@pytest.fixture()
+def worker(tiny_npz: Path, tmp_path: Path):  # noqa: ANN201 - a TrialWorker
+    w = TrialWorker.for_context(_ctx(tiny_npz, tmp_path))
+    yield w
+    w.stop()
+
+
+@pytest.mark.slow
+def test_a_trial_in_the_worker_equals_the_same_trial_in_process(tiny_npz: Path, tmp_path: Path,
+                                                                worker: TrialWorker) -> None:
+    here = run_trial(CONFIG, _ctx(tiny_npz, tmp_path / "here"), 3)
+    log = TrainLog()
+    there = worker.run(CONFIG, RUN, 3, None, log, None)
+    assert worker.pid is not None and worker.pid != os.getpid()
+    assert (there.val_accuracy, there.val_loss, there.test_accuracy, there.epochs) == (
+        here.val_accuracy, here.val_loss, here.test_accuracy, here.epochs)
+    assert [r["val_loss"] for r in there.history] == [r["val_loss"] for r in here.history]
+    assert log.epochs == there.history and log.seconds > 0
+    assert Path(there.weights_file).is_file() and here.val_accuracy > 0.2  # above chance (0.1)
+    assert worker.memory is not None and worker.memory.rss_mb > worker.memory.cache_mb > 0
+
+
+@pytest.mark.slow
+def test_pruning_stops_the_trial_and_the_same_worker_runs_the_next(worker: TrialWorker) -> None:
+    seen: list[int] = []
+
+    def prune_at_two(epoch: int, row: dict[str, float]) -> None:
+        seen.append(epoch)
+        if epoch == 2:
+            raise optuna.TrialPruned("pruned at epoch 2")
+
+    log = TrainLog()
+    with pytest.raises(optuna.TrialPruned):
+        worker.run(CONFIG, RUN, 0, prune_at_two, log, None)
+    pid = worker.pid
+    assert seen == [1, 2] and [r["epoch"] for r in log.epochs] == [1, 2]
+    result = worker.run(CONFIG, RUN, 1, None, TrainLog(), None)
+    assert worker.pid == pid and worker.started == 1 and result.epochs == RUN.epochs
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_only_its_trial(worker: TrialWorker) -> None:
+    def kill_worker(epoch: int, row: dict[str, float]) -> None:
+        os.kill(worker.pid, signal.SIGKILL)
+
+    log = TrainLog()
+    with pytest.raises(TrialFailed) as err:
+        worker.run(CONFIG, RUN, 7, kill_worker, log, None)
+    assert str(err.value) == ("the trial worker process running trial 7 was killed by SIGKILL "
+                              "(out of memory? the system kills the largest process)")
+    assert len(log.epochs) == 1  # what it trained before it died is kept
+    assert worker.run(CONFIG, RUN, 8, None, TrainLog(), None).epochs == RUN.epochs
+    assert worker.started == 2
+
+
+@pytest.mark.slow
+def test_a_failing_trial_comes_back_with_its_reason_and_epochs(worker: TrialWorker) -> None:
+    log = TrainLog()
+    with pytest.raises(TrialFailed, match=r"^the loss became NaN or infinite at epoch 1 \(phase "
+                                          r"1\); try a lower learning rate$"):
+        worker.run(replace(CONFIG, learning_rate=1e30), RUN, 2, None, log, None)
+    assert worker.pid is not None  # a failed trial does not cost the worker
+
+
+@pytest.mark.slow
+def test_worker_is_replaced_once_its_memory_outside_the_caches_grew(worker: TrialWorker) -> None:
+    short = replace(RUN, epochs=1)
+    worker.run(CONFIG, short, 0, None, TrainLog(), None)
+    first = worker.pid
+    worker.run(CONFIG, short, 1, None, TrainLog(), None)
+    assert worker.pid == first  # one trial more does not grow it by MAX_GROWTH_MB
+    worker.max_growth_mb = float("-inf")  # every trial is "too much": replaced before the next
+    worker.run(CONFIG, short, 2, None, TrainLog(), None)
+    assert worker.pid != first and worker.started == 2
