@@ -112,6 +112,12 @@ class Split:
         return sum(int(t.shape.num_elements()) * t.dtype.size
                    for key, t in self._cache.items() if key[0] == "tensor")
 
+    def drop_resized(self) -> None:
+        """Let go of the resized in-memory images (resized again when next needed)."""
+        for key in [k for k in self._cache if k[0] in ("tensor", "images")
+                    and self.array is not None]:
+            del self._cache[key]
+
     def images(self, size: int) -> tf.data.Dataset:
         """Unbatched uint8 [size, size, 3] RGB images in label order; decoded/resized once per size.
 
@@ -264,6 +270,11 @@ class Datasets:
         """Bytes held by the resized image tensors of all splits (a bounded cache: one per
         image size)."""
         return sum(s.cached_bytes() for s in self.splits().values())
+
+    def drop_resized(self) -> None:
+        """Let go of every split's resized in-memory images."""
+        for split in self.splits().values():
+            split.drop_resized()
 
     def splits(self) -> dict[str, Split]:
         """The present splits, in SPLITS order."""

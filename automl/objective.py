@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,9 +15,12 @@ from automl.config import RunConfig, TrialConfig
 from automl.data import Datasets, Split
 from automl.errors import AutoMLError, TrialFailed, WeightsError
 from automl.features import FeatureCache, FeatureKey
-from automl.model import TransferModel, build_model, count_params, reset_keras
-from automl.train import Phase, Reporter, TrainLog, train_two_phase
+from automl.trainlog import Reporter, TrainLog
 from automl.weights import WeightsResolver, WeightsSource
+
+if TYPE_CHECKING:  # the search process never imports TensorFlow: only the trial worker does
+    from automl.model import TransferModel
+    from automl.train import Phase
 
 
 @dataclass
@@ -86,6 +89,9 @@ def run_trial(config: TrialConfig, ctx: SearchContext, number: int,
     With ``warm`` (and no augmentation, which would change the head phase), the head phase is
     not run again: the earlier trial's head weights and epochs are taken over.
     """
+    from automl.model import build_model, count_params, reset_keras
+    from automl.train import train_two_phase
+
     run = ctx.run
     log = log if log is not None else TrainLog()
     spec = get_spec(config.backbone)
@@ -142,6 +148,8 @@ class _Trainer:
         self.run = ctx.run
 
     def phase(self, number: int) -> Phase | None:
+        from automl.train import Phase
+
         tm, run = self.tm, self.run
         lr = tm.config.learning_rate * (1.0 if number == 1 else run.fine_tune_lr_factor)
         epochs = run.epochs if number == 1 else run.fine_tune_epochs

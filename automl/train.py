@@ -5,17 +5,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 
 from automl.errors import TrialFailed
+from automl.trainlog import Reporter, TrainLog
 
-#: Called after every epoch with the epoch number (continuous across phases) and its metrics.
-#: It may raise (e.g. optuna.TrialPruned) to stop the trial.
-Reporter = Callable[[int, dict[str, float]], None]
 #: Batches run per call into TensorFlow: same updates, far less Python overhead per small batch.
 STEPS_PER_EXECUTION = 16
 
@@ -29,15 +27,6 @@ class Phase:
     validation: Any
     learning_rate: float
     max_epochs: int
-
-
-@dataclass
-class TrainLog:
-    """Per-epoch history of a trial (grows while it trains, so it survives a pruned trial)."""
-
-    epochs: list[dict[str, float]] = field(default_factory=list)
-    best_phase: int = 1
-    seconds: float = 0.0
 
 
 class _Monitor(keras.callbacks.Callback):

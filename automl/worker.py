@@ -72,7 +72,8 @@ class TrialWorker:
         self.max_growth_mb = max_growth_mb
         self._proc: Any = None
         self._conn: Any = None
-        self._baseline: float | None = None   # memory outside caches after its first trial
+        self._ready = False
+        self.floor_mb: float | None = None    # least memory outside caches after any trial
         self.memory: Memory | None = None     # after the last trial (None: it did not end)
         self.started = 0                      # worker processes started so far
         self.last_pid: int | None = None      # the process that ran the last trial
@@ -99,7 +100,6 @@ class TrialWorker:
         An exception the reporter raises (``optuna.TrialPruned``) stops the trial in the worker
         and is raised here; KeyboardInterrupt stops the worker.
         """
-        self._recycle_if_grown()
         self._ensure_started()
         self.memory, self.last_pid = None, self._proc.pid
         try:
@@ -133,7 +133,6 @@ class TrialWorker:
         """Stop the worker process (``kill``: at once, mid-trial); the next trial starts anew."""
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
-        self._baseline = None
         if proc is not None and kill:
             proc.kill()
         if conn is not None and not kill:
@@ -154,8 +153,20 @@ class TrialWorker:
     # -- inside ------------------------------------------------------------------------------
 
     def _ensure_started(self) -> Any:
-        if self._proc is not None and self._proc.is_alive():
-            return self._conn
+        """The running worker, started now if there is none, once it has said it is ready."""
+        if self._proc is None or not self._proc.is_alive():
+            self._spawn()
+        if not self._ready:
+            if not self._conn.poll(_START_TIMEOUT):  # TensorFlow's import takes seconds
+                self.stop(kill=True)
+                raise TrialFailed(f"the trial worker process did not start within "
+                                  f"{_START_TIMEOUT:.0f} s")
+            self._receive(None)  # "ready"
+            self._ready = True
+        return self._conn
+
+    def _spawn(self) -> None:
+        """Start a worker process without waiting for it (it imports TensorFlow meanwhile)."""
         self.stop()
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
@@ -163,14 +174,8 @@ class TrialWorker:
                                name="automl-trial-worker")
         proc.start()
         child.close()
-        self._proc, self._conn = proc, parent
+        self._proc, self._conn, self._ready = proc, parent, False
         self.started += 1
-        if not parent.poll(_START_TIMEOUT):  # TensorFlow's import takes seconds, not minutes
-            self.stop()
-            raise TrialFailed(f"the trial worker process did not start within "
-                              f"{_START_TIMEOUT:.0f} s")
-        self._receive(None)  # "ready"
-        return parent
 
     def _send(self, msg: Any, number: int) -> None:
         try:
@@ -195,21 +200,17 @@ class TrialWorker:
         raise TrialFailed(_death(code, number)) from None
 
     def _finish(self, msg: tuple, train_log: Any) -> None:
+        """Take over the trial's log and the worker's memory; replace a worker that grew."""
         epochs, best_phase, seconds, memory = msg[-1]
         train_log.epochs[:] = epochs
         train_log.best_phase, train_log.seconds = best_phase, seconds
         self.memory = memory
-        if self._baseline is None:
-            self._baseline = memory.outside_caches_mb
-
-    def _recycle_if_grown(self) -> None:
-        if self._baseline is None or self.memory is None or self.pid is None:
-            return
-        grown = self.memory.outside_caches_mb - self._baseline
-        if grown > self.max_growth_mb:
-            log.debug("trial worker %s grew %.0f MB outside its caches: replaced", self.pid,
-                      grown)
-            self.stop()
+        outside = memory.outside_caches_mb
+        self.floor_mb = outside if self.floor_mb is None else min(self.floor_mb, outside)
+        if outside - self.floor_mb > self.max_growth_mb:
+            log.debug("trial worker %s holds %.0f MB outside its caches, %.0f MB more than the "
+                      "lightest trial left: replaced", self.pid, outside, outside - self.floor_mb)
+            self._spawn()  # now: its start overlaps the search's bookkeeping
 
 
 def _death(code: int | None, number: int | None) -> str:
@@ -236,7 +237,7 @@ def _serve(conn: Any, setup: _Setup) -> None:
     quiet_tensorflow()
     from automl.features import FeatureCache
     from automl.objective import SearchContext, run_trial
-    from automl.train import TrainLog
+    from automl.trainlog import TrainLog
     from automl.weights import WeightsResolver
 
     run = setup.run
@@ -272,8 +273,23 @@ def _serve(conn: Any, setup: _Setup) -> None:
             text = str(exc).splitlines()[0][:300] if str(exc) else ""
             reply = ("error", "TrialFailed", f"{type(exc).__name__}: {text}" if text
                      else type(exc).__name__)
+        _release(ctx, cached=trial_run.feature_cache and config.augmentation == "none")
         state = (list(train_log.epochs), train_log.best_phase, train_log.seconds, _memory(ctx))
         conn.send((*reply, state))
+
+
+def _release(ctx: Any, cached: bool) -> None:
+    """After a trial: free its model and TensorFlow state now, not at the next trial's start.
+
+    A trial on cached activations needed the resized images only to extract them, and
+    resizing again costs well under a second, so they go too; trials that train on images
+    (augmentation, no feature cache) keep them for the next such trial.
+    """
+    from automl.model import reset_keras
+
+    if cached:
+        ctx.data.drop_resized()
+    reset_keras(ctx.run.seed)
 
 
 def _memory(ctx: Any) -> Memory:

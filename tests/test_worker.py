@@ -15,7 +15,7 @@ from automl.data import load_data
 from automl.errors import TrialFailed
 from automl.features import FeatureCache
 from automl.objective import SearchContext, run_trial
-from automl.train import TrainLog
+from automl.trainlog import TrainLog
 from automl.weights import WeightsResolver
 from automl.worker import TrialWorker
 
@@ -99,7 +99,36 @@ def test_worker_is_replaced_once_its_memory_outside_the_caches_grew(worker: Tria
     worker.run(CONFIG, short, 0, None, TrainLog(), None)
     first = worker.pid
     worker.run(CONFIG, short, 1, None, TrainLog(), None)
-    assert worker.pid == first  # one trial more does not grow it by MAX_GROWTH_MB
-    worker.max_growth_mb = float("-inf")  # every trial is "too much": replaced before the next
+    assert worker.pid == first and worker.started == 1  # one more trial is not 200 MB more
+    assert worker.floor_mb is not None and worker.floor_mb <= worker.memory.outside_caches_mb
+    worker.max_growth_mb = float("-inf")  # every trial is "too much": replaced right after it
     worker.run(CONFIG, short, 2, None, TrainLog(), None)
-    assert worker.pid != first and worker.started == 2
+    assert worker.last_pid == first and worker.started == 2
+    assert worker.pid not in (None, first)  # the new one starts at once, before it is needed
+    worker.max_growth_mb = 1e9
+    assert worker.run(CONFIG, short, 3, None, TrainLog(), None).epochs == 1
+    assert worker.last_pid not in (None, first) and worker.started == 2
+
+
+@pytest.mark.slow
+def test_the_search_process_never_imports_tensorflow(tiny_npz: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    space = tmp_path / "space.yaml"
+    space.write_text("backbone: efficientnet_lite0\nimage_size: 32\nfreeze_depth: 1.0\n"
+                     "head_width: 0\ndropout: 0.0\nlearning_rate: 3.0e-3\naugmentation: none\n")
+    code = textwrap.dedent(f"""
+        import sys
+        from automl.cli import main
+        code = main(["search", "--space", {str(space)!r}, "--data", {str(tiny_npz)!r},
+                     "--results", {str(tmp_path / "results")!r}, "--trials", "2",
+                     "--epochs", "2", "--quiet"])
+        print("exit", code, "tensorflow imported:", "tensorflow" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600)
+    assert out.stdout.splitlines()[-1] == "exit 0 tensorflow imported: False", out.stderr[-2000:]
+    board = (tmp_path / "results" / "default" / "leaderboard.csv").read_text().splitlines()
+    assert len(board) == 3 and all(",COMPLETE," in row for row in board[1:])

@@ -41,7 +41,7 @@ from automl.drivers.optuna_driver import (
 from automl.errors import ConfigError, DataError, TrialFailed, WeightsError
 from automl.objective import SearchContext, execute, head_path
 from automl.space import SearchSpace
-from automl.train import TrainLog
+from automl.trainlog import TrainLog
 
 log = logging.getLogger("automl")
 ALGORITHMS = ("random", "bayesian", "hyperband")

@@ -22,7 +22,7 @@ from automl.errors import AutoMLError, ConfigError, DataError, TrialFailed, Weig
 from automl.objective import SearchContext, TrialResult, WarmStart, execute, head_path
 from automl.progress import SearchProgress
 from automl.space import Categorical, Fixed, IntRange, Param, SearchSpace
-from automl.train import TrainLog
+from automl.trainlog import TrainLog
 
 log = logging.getLogger("automl")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
