@@ -258,12 +258,15 @@ COMMANDS = {"search": cmd_search, "leaderboard": cmd_leaderboard, "export": cmd_
 
 
 def _needs_tensorflow(args: argparse.Namespace) -> bool:
-    """Whether this process imports TensorFlow. A search leaves it to its trial worker (a
-    faster start, and hundreds of MB less here); keras-tuner and --in-process need it here."""
+    """Whether this process imports TensorFlow. A search on in-memory data (the embedded
+    default, an .npz) leaves it to its trial worker: a faster start, hundreds of MB less here.
+    keras-tuner, --in-process, image folders (checked with TensorFlow's decoders) and Keras
+    datasets need it here too."""
     if args.command == "backbones":
         return False
     if args.command == "search":
-        return args.in_process or args.driver == "keras-tuner"
+        in_memory = args.data is None or str(args.data).lower().endswith(".npz")
+        return args.in_process or args.driver == "keras-tuner" or not in_memory
     return True
 
 

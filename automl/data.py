@@ -233,8 +233,19 @@ class Split:
 
 
 def _disk_cache_file(size: int) -> str:
-    """A fresh file name in this process's temporary image-cache folder (removed at exit)."""
+    """A fresh file name in the temporary image-cache folder (removed at exit of the process
+    that made the folder: the search process, when trials run in a worker)."""
+    _DISK_CACHE_COUNT[0] += 1
+    return os.path.join(image_cache_dir(), f"split{_DISK_CACHE_COUNT[0]}_{size}_{os.getpid()}")
+
+
+def image_cache_dir(use: str | None = None) -> str:
+    """The temporary folder for decoded images of folder data; made (and removed at exit) on
+    first use, or ``use`` an existing one that another process removes (a trial worker: it may
+    be killed, so the search process owns the folder)."""
     global _DISK_CACHE
+    if use is not None:
+        _DISK_CACHE = use
     if _DISK_CACHE is None:
         import atexit
         import shutil
@@ -242,8 +253,7 @@ def _disk_cache_file(size: int) -> str:
 
         _DISK_CACHE = tempfile.mkdtemp(prefix="automl-images-")
         atexit.register(shutil.rmtree, _DISK_CACHE, True)
-    _DISK_CACHE_COUNT[0] += 1
-    return os.path.join(_DISK_CACHE, f"split{_DISK_CACHE_COUNT[0]}_{size}")
+    return _DISK_CACHE
 
 
 _DISK_CACHE: str | None = None

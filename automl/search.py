@@ -216,7 +216,7 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
                               progress=progress)
     finally:
         if ctx.worker is not None:
-            ctx.worker.stop(kill=True)  # idle after the last trial; nothing left to wait for
+            ctx.worker.stop()  # idle after the last trial (Ctrl-C has killed it already)
         progress.close()
     board = leaderboard.from_study(study, artifacts)
     leaderboard.write_csv(board, folder / "leaderboard.csv")

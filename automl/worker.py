@@ -3,8 +3,8 @@
 Keras and TensorFlow keep memory from trial to trial that ``clear_session`` does not give back
 (graph and function caches, allocator fragmentation): over 50 trials in one process, resident
 memory outside the bounded caches grew by about 600 MB. So trials run in a worker process that
-lives across trials (starting TensorFlow costs seconds) and is replaced once its memory outside
-the caches has grown more than ``max_growth_mb`` since its first trial.
+lives across trials (starting TensorFlow costs seconds) and is replaced right after a trial that
+left its memory outside the caches more than ``max_growth_mb`` above the lightest trial's.
 
 The search process keeps Optuna, the leaderboard and the progress view; the worker holds the
 data, the feature cache (its files are shared through the disk) and the models. After every
@@ -14,21 +14,25 @@ worker that dies (out of memory, a crash in native code) fails its trial, not th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable
+import threading
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 from automl.config import RunConfig, TrialConfig
+from automl.data import image_cache_dir
 from automl.errors import AutoMLError, ConfigError, DataError, TrialFailed, WeightsError
 
 log = logging.getLogger("automl")
-#: Memory outside the caches a worker may gain over its first trial before it is replaced.
+#: Memory outside the caches a worker may hold above the lightest trial's before it is replaced.
 MAX_GROWTH_MB = 200.0
 _START_TIMEOUT = 300.0  # seconds for a new worker to import TensorFlow and say it is ready
 _ERRORS: dict[str, type[AutoMLError]] = {
@@ -58,6 +62,7 @@ class _Setup:
     cache_bytes: int
     log_level: int
     parent_pid: int
+    image_cache_dir: str
 
 
 class _Stop(Exception):  # noqa: N818 - a signal, not an error
@@ -84,7 +89,7 @@ class TrialWorker:
         cache = ctx.cache
         setup = _Setup(ctx.data, ctx.run, Path(ctx.trials_dir), cache.directory,
                        cache.max_bytes, logging.getLogger("automl").getEffectiveLevel(),
-                       os.getpid())
+                       os.getpid(), image_cache_dir())
         return cls(setup, max_growth_mb)
 
     @property
@@ -127,6 +132,8 @@ class TrialWorker:
         if msg[0] == "done":
             return msg[1]
         _, kind, message = msg[:3]
+        if len(msg) > 4:  # an unexpected exception: its traceback for --debug
+            log.debug("trial %d failed in the trial worker:\n%s", number, msg[3])
         raise _ERRORS.get(kind, TrialFailed)(message)
 
     def stop(self, kill: bool = False) -> None:
@@ -172,7 +179,8 @@ class TrialWorker:
         parent, child = context.Pipe()
         proc = context.Process(target=_serve, args=(child, self._setup), daemon=True,
                                name="automl-trial-worker")
-        proc.start()
+        with _sigint_ignored():  # inherited: Ctrl-C during its start prints no traceback there
+            proc.start()
         child.close()
         self._proc, self._conn, self._ready = proc, parent, False
         self.started += 1
@@ -195,8 +203,7 @@ class TrialWorker:
         if proc is not None:
             proc.join(timeout=10)
         code = None if proc is None else proc.exitcode
-        self._proc = None
-        self.stop()
+        self.stop(kill=True)
         raise TrialFailed(_death(code, number)) from None
 
     def _finish(self, msg: tuple, train_log: Any) -> None:
@@ -213,11 +220,27 @@ class TrialWorker:
             self._spawn()  # now: its start overlaps the search's bookkeeping
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while starting a process (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _death(code: int | None, number: int | None) -> str:
     """Why the worker process is gone, for the trial's reason."""
     what = "the trial worker process" + (f" running trial {number}" if number is not None else "")
     if code is not None and code < 0:
-        name = signal.Signals(-code).name
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
         hint = " (out of memory? the system kills the largest process)" if name == "SIGKILL" \
             else ""
         return f"{what} was killed by {name}{hint}"
@@ -235,6 +258,7 @@ def _serve(conn: Any, setup: _Setup) -> None:
     from automl.cli import quiet_tensorflow
 
     quiet_tensorflow()
+    image_cache_dir(setup.image_cache_dir)
     from automl.features import FeatureCache
     from automl.objective import SearchContext, run_trial
     from automl.trainlog import TrainLog
@@ -272,7 +296,7 @@ def _serve(conn: Any, setup: _Setup) -> None:
         except Exception as exc:  # out of memory, a backbone that breaks at this size, ...
             text = str(exc).splitlines()[0][:300] if str(exc) else ""
             reply = ("error", "TrialFailed", f"{type(exc).__name__}: {text}" if text
-                     else type(exc).__name__)
+                     else type(exc).__name__, traceback.format_exc())
         _release(ctx, cached=trial_run.feature_cache and config.augmentation == "none")
         state = (list(train_log.epochs), train_log.best_phase, train_log.seconds, _memory(ctx))
         conn.send((*reply, state))

@@ -42,6 +42,12 @@ SEED_RECIPE = {"head_width": 256, "dropout": 0.5, "learning_rate": 2e-5, "epochs
 
 # ----------------------------------------------------------------------------- measurements
 
+def own_rss_mb() -> float:
+    """Resident memory of this process alone."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def tree_rss_mb(pid: int | None = None) -> float:
     """Resident memory of a process and all its descendants (the search and its trial worker)."""
     pid = pid or os.getpid()
@@ -92,6 +98,7 @@ def contender_search(args: argparse.Namespace, cached: bool) -> dict[str, Any]:
                         pruner="median" if cached else "none",
                         run=run)
     rss: list[float] = []
+    own: list[float] = []
     start, t0 = time.monotonic(), time.time()  # the clock includes loading the data
 
     counts: list[int] = []
@@ -101,6 +108,7 @@ def contender_search(args: argparse.Namespace, cached: bool) -> dict[str, Any]:
             counts.extend(int(n) for n in re.findall(r"(\d+) (?:train|validation|test)", line))
         if line.startswith("["):  # one progress line per finished trial
             rss.append(tree_rss_mb())
+            own.append(own_rss_mb())
             print(f"  {time.monotonic() - start:7.1f}s {line[:110]}", flush=True)
 
     study = run_search(req, echo=echo)
@@ -120,6 +128,7 @@ def contender_search(args: argparse.Namespace, cached: bool) -> dict[str, Any]:
               if t.user_attrs.get("worker_memory")]
     return {"wall": wall, "trials": finished, "timeline": timeline, "best_val": best_val,
             "best_test": best_test, "rss_per_trial": rss, "worker_per_trial": worker,
+            "own_per_trial": own,
             "peak_rss": peak_rss_mb()}
 
 
@@ -394,12 +403,14 @@ def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         rss = a["rss_per_trial"]
         if rss:
             upto = rss[: min(len(rss), 30)]
-            lines.append(f"(a) RSS of the search and its trial worker after trial 1: {rss[0]:.0f} "
-                         f"MB, after trial {len(upto)}: {upto[-1]:.0f} MB (growth "
-                         f"{upto[-1] - upto[0]:+.0f} MB), after the last ({len(rss)}): "
-                         f"{rss[-1]:.0f} MB (growth {rss[-1] - rss[0]:+.0f} MB), max "
-                         f"{max(rss):.0f} MB")
+            lines.append(f"(a) RSS between trials (search process + trial worker, sampled as "
+                         f"the next trial is picked): after trial 1 {rss[0]:.0f} MB; highest "
+                         f"after trials 2-{len(upto)} {max(upto):.0f} MB (growth "
+                         f"{max(upto) - rss[0]:+.0f} MB); highest over all {len(rss)} "
+                         f"{max(rss):.0f} MB (growth {max(rss) - rss[0]:+.0f} MB); lowest "
+                         f"{min(rss):.0f} MB (a replaced worker still starting)")
         worker = a.get("worker_per_trial") or []
+        own = a.get("own_per_trial") or []
         if worker:
             outside = [w["rss_mb"] - w["cache_mb"] for w in worker]
             lines.append(f"(a) trial worker: {len({w['pid'] for w in worker})} process(es) over "
@@ -407,6 +418,13 @@ def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
                          f"MB after trial 1, max {max(outside):.0f} MB; bounded caches "
                          f"(activations + resized images) {worker[0]['cache_mb']:.0f} MB after "
                          f"trial 1, max {max(w['cache_mb'] for w in worker):.0f} MB")
+        if own and len(own) == len(worker):
+            ends = [o + w["rss_mb"] for o, w in zip(own, worker, strict=True)]
+            lines.append(f"(a) at each trial's end, before a grown worker is replaced (search "
+                         f"process + that worker): after trial 1 {ends[0]:.0f} MB, highest "
+                         f"{max(ends):.0f} MB ({max(ends) - ends[0]:+.0f} MB); the search "
+                         f"process alone {own[0]:.0f} MB after trial 1, {own[-1]:.0f} MB after "
+                         f"the last")
     if "throughput" in res:
         for row in res["throughput"]["rows"]:
             lines.append(f"feature extraction {row['backbone']} {row['size']}px: "

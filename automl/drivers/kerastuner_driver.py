@@ -34,6 +34,7 @@ from automl.drivers.optuna_driver import (
     MAX_CONSECUTIVE_FAILURES,
     SearchStopped,
     _fail,
+    _note_memory,
     _record,
     _warm_start,
     finished_count,
@@ -160,7 +161,10 @@ class AutoMLTuner(kt.engine.base_tuner.BaseTuner):
             otrial.report(row["val_accuracy"], epoch)
 
         try:
-            result = execute(config, ctx, otrial.number, report, train_log, warm)
+            try:
+                result = execute(config, ctx, otrial.number, report, train_log, warm)
+            finally:
+                _note_memory(otrial, ctx)
         except KeyboardInterrupt:
             _fail(self.study, otrial, train_log, "interrupted by the user (Ctrl-C)", "INTERRUPTED")
             raise
