@@ -113,9 +113,11 @@ class Split:
                    for key, t in self._cache.items() if key[0] == "tensor")
 
     def drop_resized(self) -> None:
-        """Let go of the resized in-memory images (resized again when next needed)."""
-        for key in [k for k in self._cache if k[0] in ("tensor", "images")
-                    and self.array is not None]:
+        """Let go of the resized in-memory images (resized again when next needed); a file
+        split's decoded images stay in their disk cache."""
+        if self.array is None:
+            return
+        for key in [k for k in self._cache if k[0] in ("tensor", "images")]:
             del self._cache[key]
 
     def images(self, size: int) -> tf.data.Dataset:

@@ -62,7 +62,7 @@ class _Setup:
     cache_bytes: int
     log_level: int
     parent_pid: int
-    image_cache_dir: str
+    image_cache_dir: str | None  # made by the search process for folder data only
 
 
 class _Stop(Exception):  # noqa: N818 - a signal, not an error
@@ -89,7 +89,7 @@ class TrialWorker:
         cache = ctx.cache
         setup = _Setup(ctx.data, ctx.run, Path(ctx.trials_dir), cache.directory,
                        cache.max_bytes, logging.getLogger("automl").getEffectiveLevel(),
-                       os.getpid(), image_cache_dir())
+                       os.getpid(), image_cache_dir() if _has_files(ctx.data) else None)
         return cls(setup, max_growth_mb)
 
     @property
@@ -220,6 +220,11 @@ class TrialWorker:
             self._spawn()  # now: its start overlaps the search's bookkeeping
 
 
+def _has_files(data: Any) -> bool:
+    """Whether any split streams image files (whose decoded copies go to a temp folder)."""
+    return any(split.paths is not None for split in data.splits().values())
+
+
 @contextlib.contextmanager
 def _sigint_ignored() -> Iterator[None]:
     """Ignore SIGINT while starting a process (main thread only; elsewhere a no-op)."""
@@ -258,7 +263,8 @@ def _serve(conn: Any, setup: _Setup) -> None:
     from automl.cli import quiet_tensorflow
 
     quiet_tensorflow()
-    image_cache_dir(setup.image_cache_dir)
+    if setup.image_cache_dir is not None:
+        image_cache_dir(setup.image_cache_dir)
     from automl.features import FeatureCache
     from automl.objective import SearchContext, run_trial
     from automl.trainlog import TrainLog
