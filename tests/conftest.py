@@ -1,6 +1,8 @@
 """Test settings: quiet TensorFlow, no network probes, caches in a per-session folder; tiny data."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -8,7 +10,10 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["AUTOML_OFFLINE"] = "1"  # tests never try a download, with or without internet
 # converted weights are cached once per test session, never in the user's ~/.keras
-os.environ.setdefault("AUTOML_HOME", tempfile.mkdtemp(prefix="automl-test-home-"))
+# (pytest-xdist's workers inherit it from the main process, which removes it at exit)
+if "AUTOML_HOME" not in os.environ:
+    os.environ["AUTOML_HOME"] = tempfile.mkdtemp(prefix="automl-test-home-")
+    atexit.register(shutil.rmtree, os.environ["AUTOML_HOME"], True)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from automl.drivers.optuna_driver import plan, suggest
+from automl.drivers.optuna_driver import START_HEADS, enqueue_start_point, plan, suggest
 from automl.space import Categorical, Fixed, FloatRange, SearchSpace
 
 FULL = {
@@ -86,3 +86,48 @@ def test_screen_fraction_one_means_no_staging(fraction: float) -> None:
     params = plan(space, study, trial, n_trials=5, screen_fraction=fraction)
     assert trial.user_attrs["stage"] == "full"
     assert set(params) == set(suggest(space, study.ask()))
+
+
+def test_a_new_study_starts_at_the_start_point_then_tries_heads_on_its_input() -> None:
+    space = SearchSpace.from_dict(FULL)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    enqueue_start_point(space, study, screen_fraction=0.8, n_trials=10)
+    enqueue_start_point(space, study, screen_fraction=0.8, n_trials=10)  # another worker
+    assert len(study.trials) == 1 + START_HEADS
+    trial = study.ask()
+    params = plan(space, study, trial, n_trials=10, screen_fraction=0.8)
+    assert trial.user_attrs["stage"] == "screen" and trial.user_attrs["start"] == "start point"
+    assert params == {"backbone": "efficientnet_lite0", "image_size": 96, "freeze_depth": 1.0,
+                      "head_width": 128, "dropout": 0.2, "learning_rate": 1e-3,
+                      "augmentation": "none"}
+    study.tell(trial, 0.9)
+    heads = []
+    for _ in range(START_HEADS):  # the same cached activations, other heads
+        trial = study.ask()
+        heads.append(plan(space, study, trial, n_trials=10, screen_fraction=0.8))
+        assert trial.user_attrs["start"] == "start point's input"
+        assert trial.user_attrs["stage"] == "screen"
+        study.tell(trial, 0.8)
+    assert {(h["backbone"], h["image_size"], h["freeze_depth"]) for h in heads} == {
+        ("efficientnet_lite0", 96, 1.0)}
+    assert len({(h["dropout"], h["learning_rate"]) for h in heads}) == START_HEADS
+    later = study.ask()  # the sampler picks everything from here on
+    assert "start" not in later.user_attrs
+
+
+@pytest.mark.parametrize(("n_trials", "queued"), [(1, 1), (2, 2), (50, 1 + START_HEADS)])
+def test_no_more_start_trials_are_queued_than_the_search_runs(n_trials: int, queued: int) -> None:
+    study = optuna.create_study(direction="maximize")
+    enqueue_start_point(SearchSpace.from_dict(FULL), study, 0.8, n_trials)
+    assert len(study.trials) == queued
+
+
+def test_the_start_point_of_an_unstaged_search_samples_the_whole_space() -> None:
+    space = SearchSpace.from_dict({**FULL, "freeze_depth": {"choices": [0.8, 0.9]},
+                                   "head_width": {"choices": [64, 32]}})
+    study = optuna.create_study(direction="maximize")
+    enqueue_start_point(space, study, screen_fraction=1.0, n_trials=5)
+    trial = study.ask()
+    params = plan(space, study, trial, n_trials=5, screen_fraction=1.0)
+    assert trial.user_attrs["stage"] == "full"
+    assert params["freeze_depth"] == 0.8 and params["head_width"] == 64  # first choices

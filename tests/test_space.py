@@ -122,6 +122,31 @@ def test_default_space_file_uses_only_registry_backbones() -> None:
     assert set(space.params) == set(DIMENSIONS)
 
 
+def test_start_point_takes_the_defaults_the_space_allows() -> None:
+    space = SearchSpace.from_file(ROOT / "search_spaces" / "default.yaml")
+    assert space.start_point() == DEFAULTS
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ({"choices": [160, 128]}, 160),                       # 96 not offered: the first choice
+    ({"low": 64, "high": 128}, 96),                       # in range: the default
+    ({"low": 64, "high": 128, "step": 40}, 104),          # 96 off the grid: the middle, on it
+    ({"low": 128, "high": 224}, 176),                     # out of range: the middle
+    (224, 224),                                           # fixed
+])
+def test_start_point_of_an_int_dimension(spec: object, expected: int) -> None:
+    value = SearchSpace.from_dict({"image_size": spec}).start_point()["image_size"]
+    assert value == expected and isinstance(value, int)
+
+
+def test_start_point_of_a_float_range_is_its_geometric_middle_on_a_log_scale() -> None:
+    space = SearchSpace.from_dict({"learning_rate": {"low": 1e-2, "high": 1.0, "log": True},
+                                   "dropout": {"low": 0.3, "high": 0.7, "step": 0.3}})
+    start = space.start_point()
+    assert start["learning_rate"] == pytest.approx(0.1)
+    assert start["dropout"] == pytest.approx(0.6)  # 0.5 onto the grid 0.3, 0.6
+
+
 def test_restrict_backbones_keeps_original_order(tmp_path: Path) -> None:
     space = _load(tmp_path, """
         backbone: {choices: [efficientnet_lite0, vgg16, mobilenet_v2, resnet50]}

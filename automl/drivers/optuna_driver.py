@@ -29,6 +29,7 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 5
 PRUNE_WARMUP_EPOCHS = 1  # per phase: the first epoch of a phase is never pruned
 REFINE_TOP = 3  # refinement cycles over the best few screened configurations
+START_HEADS = 3  # trials on the start point's backbone and size right after it
 
 
 class SearchStopped(AutoMLError):
@@ -107,6 +108,26 @@ def plan(space: SearchSpace, study: optuna.Study, trial: optuna.Trial, n_trials:
     return params
 
 
+def enqueue_start_point(space: SearchSpace, study: optuna.Study, screen_fraction: float,
+                        n_trials: int) -> None:
+    """Queue a new study's first trials: the space's start point, then ``START_HEADS`` trials
+    (fewer if ``n_trials`` is smaller) on the same backbone and image size whose other
+    parameters the sampler picks.
+
+    On the screening rung those reuse the start point's cached activations (seconds each), so
+    a strong result comes within the first minute while TPE's random start explores the rest.
+    """
+    staged = bool(space.refinement()) and screen_fraction < 1.0
+    rung = space.screening() if staged else space
+    params = {name: value for name, value in rung.start_point().items()
+              if not isinstance(rung.params[name], Fixed)}
+    study.enqueue_trial(params, user_attrs={"start": "start point"}, skip_if_exists=True)
+    same_input = {k: v for k, v in params.items() if k in ("backbone", "image_size")}
+    if same_input and len(same_input) < len(params) and len(study.get_trials(deepcopy=False)) == 1:
+        for _ in range(min(START_HEADS, n_trials - 1)):
+            study.enqueue_trial(same_input, user_attrs={"start": "start point's input"})
+
+
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
@@ -175,6 +196,8 @@ def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials
     poll = max(1.0, min(10.0, float(study._storage.get_heartbeat_interval() or 10))) \
         if shared else 0.0
     said_waiting = False
+    if not study.get_trials(deepcopy=False):
+        enqueue_start_point(space, study, screen_fraction, n_trials)
     while True:
         heartbeat.fail_stale(study)
         now = counts(study)
