@@ -17,6 +17,7 @@ from automl.progress import LineProgress, SearchProgress, TrialEnd
 from automl.space import SearchSpace
 
 log = logging.getLogger("automl")
+TPE_STARTUP_TRIALS = 10  # Optuna's default: random trials before TPE models the results
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 
 
@@ -160,8 +161,10 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
     folder = study_dir(req.results, req.study)
     beat = None if req.storage is None else Heartbeat(
         req.heartbeat, req.heartbeat_grace or 3 * req.heartbeat)
+    created: list[Any] = []
     study = open_study(Path(req.results), req.study, req.storage, create=True,
-                       pruner=optuna_driver.make_pruner(req.pruner), heartbeat=beat)
+                       pruner=optuna_driver.make_pruner(req.pruner), heartbeat=beat,
+                       on_create=created.append)
     _check_same_data(study, data, req)
     _check_same_driver(study, req)
     artifacts = artifact_root(req.results, req.study, req.artifacts, study, req.storage,
@@ -171,7 +174,12 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
     seed = req.run.seed + len(study.trials)
     if beat is not None:
         seed += zlib.crc32(optuna_driver.worker_name().encode()) % 100_003
-    study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=beat is not None)
+    # TPE's random start is not shortened by the queued start trials (see optuna_driver)
+    start = (len(optuna_driver.start_trials(space, req.trials, req.screen_fraction))
+             if created and req.driver == "optuna"
+             else sum("start" in t.user_attrs for t in study.get_trials(deepcopy=False)))
+    study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=beat is not None,
+                                               n_startup_trials=TPE_STARTUP_TRIALS + start)
     # with a shared --storage another worker may be running a trial right now: leave it alone
     stale = optuna_driver.recover_stale(study) if req.storage is None else []
     if stale:
@@ -213,7 +221,7 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
         else:
             optuna_driver.run(space, ctx, study, n_trials=req.trials, timeout=req.timeout,
                               on_trial_end=on_trial_end, screen_fraction=req.screen_fraction,
-                              progress=progress)
+                              progress=progress, new_study=bool(created))
     finally:
         if ctx.worker is not None:
             ctx.worker.stop()  # idle after the last trial (Ctrl-C has killed it already)

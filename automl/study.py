@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,8 +172,13 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None) -> Any:
 
 def open_study(results: Path, study: str, storage: str | None, *, create: bool,
                sampler: Any = None, pruner: Any = None,
-               heartbeat: Heartbeat | None = None) -> Any:
-    """Load (or with ``create``, create) the Optuna study ``study``; ConfigError if missing."""
+               heartbeat: Heartbeat | None = None,
+               on_create: Callable[[Any], None] | None = None) -> Any:
+    """Load (or with ``create``, create) the Optuna study ``study``; ConfigError if missing.
+
+    ``on_create`` is called with the study when this call created it (of several workers
+    started at once, exactly one).
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -191,9 +197,15 @@ def open_study(results: Path, study: str, storage: str | None, *, create: bool,
     backend = open_storage(url, heartbeat)
     try:
         if create:
-            return optuna.create_study(study_name=study, storage=backend, sampler=sampler,
-                                       pruner=pruner, direction="maximize",
-                                       load_if_exists=True)
+            try:
+                made = optuna.create_study(study_name=study, storage=backend, sampler=sampler,
+                                           pruner=pruner, direction="maximize")
+            except optuna.exceptions.DuplicatedStudyError:
+                pass  # it exists: load it below
+            else:
+                if on_create is not None:
+                    on_create(made)
+                return made
         return optuna.load_study(study_name=study, storage=backend, sampler=sampler,
                                  pruner=pruner)
     except KeyError:

@@ -55,6 +55,35 @@ def test_search_writes_a_ranked_leaderboard(run: dict[str, Path]) -> None:
     assert float(rows[0]["test_accuracy"]) > 0.5
 
 
+def test_a_new_study_starts_at_the_spaces_start_point(run: dict[str, Path]) -> None:
+    import optuna
+
+    study = optuna.load_study(study_name="default",
+                              storage=f"sqlite:///{run['results'] / 'default' / 'study.db'}")
+    first = study.trials[0]
+    assert first.user_attrs["start"] == "start point"
+    # backbone and size are fixed in SPACE, so no extra heads on the same input are queued;
+    # head_width's default (128) is not offered: its first choice; learning_rate's is
+    assert {k: first.user_attrs["config"][k] for k in ("freeze_depth", "head_width",
+                                                       "learning_rate")} == {
+        "freeze_depth": 1.0, "head_width": 0, "learning_rate": 1e-3}
+    assert [t.number for t in study.trials if "start" in t.user_attrs] == [0]
+
+
+def test_timeout_zero_on_a_new_study_queues_nothing(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("backbone: efficientnet_lite0",
+                                   "backbone: {choices: [efficientnet_lite0, efficientnet_lite1]}"))
+    assert main(["search", "--space", str(space), "--trials", "20", "--timeout", "0",
+                 "--results", str(tmp_path / "r"), *FAST]) == 0
+    import optuna
+
+    study = optuna.load_study(study_name="default",
+                              storage=f"sqlite:///{tmp_path / 'r' / 'default' / 'study.db'}")
+    assert study.trials == []  # no WAITING start trials left behind
+
+
 def test_leaderboard_command_prints_table_and_summary(run: dict[str, Path], tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
     out_csv = tmp_path / "summary.csv"

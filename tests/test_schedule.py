@@ -5,7 +5,13 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from automl.drivers.optuna_driver import START_HEADS, enqueue_start_point, plan, suggest
+from automl.drivers.optuna_driver import (
+    START_HEADS,
+    enqueue_start_trials,
+    plan,
+    start_trials,
+    suggest,
+)
 from automl.space import Categorical, Fixed, FloatRange, SearchSpace
 
 FULL = {
@@ -91,8 +97,7 @@ def test_screen_fraction_one_means_no_staging(fraction: float) -> None:
 def test_a_new_study_starts_at_the_start_point_then_tries_heads_on_its_input() -> None:
     space = SearchSpace.from_dict(FULL)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
-    enqueue_start_point(space, study, screen_fraction=0.8, n_trials=10)
-    enqueue_start_point(space, study, screen_fraction=0.8, n_trials=10)  # another worker
+    enqueue_start_trials(study, start_trials(space, n_trials=10, screen_fraction=0.8))
     assert len(study.trials) == 1 + START_HEADS
     trial = study.ask()
     params = plan(space, study, trial, n_trials=10, screen_fraction=0.8)
@@ -110,23 +115,35 @@ def test_a_new_study_starts_at_the_start_point_then_tries_heads_on_its_input() -
         study.tell(trial, 0.8)
     assert {(h["backbone"], h["image_size"], h["freeze_depth"]) for h in heads} == {
         ("efficientnet_lite0", 96, 1.0)}
-    assert len({(h["dropout"], h["learning_rate"]) for h in heads}) == START_HEADS
     later = study.ask()  # the sampler picks everything from here on
     assert "start" not in later.user_attrs
 
 
-@pytest.mark.parametrize(("n_trials", "queued"), [(1, 1), (2, 2), (50, 1 + START_HEADS)])
-def test_no_more_start_trials_are_queued_than_the_search_runs(n_trials: int, queued: int) -> None:
-    study = optuna.create_study(direction="maximize")
-    enqueue_start_point(SearchSpace.from_dict(FULL), study, 0.8, n_trials)
-    assert len(study.trials) == queued
+@pytest.mark.parametrize(("n_trials", "fraction", "count"), [
+    (1, 0.8, 1), (5, 0.8, 2), (8, 0.8, 3), (10, 0.8, 4), (50, 0.8, 4),  # half the screening
+    (10, 0.2, 1), (8, 1.0, 4), (3, 1.0, 1)])
+def test_start_trials_take_at_most_half_of_the_screening_trials(n_trials: int, fraction: float,
+                                                                count: int) -> None:
+    trials = start_trials(SearchSpace.from_dict(FULL), n_trials, fraction)
+    assert len(trials) == count
+    assert [label for _, label in trials[1:]] == ["start point's input"] * (count - 1)
+
+
+def test_no_start_heads_when_nothing_else_varies_on_the_same_input() -> None:
+    fixed_input = SearchSpace.from_dict({**FULL, "backbone": "efficientnet_lite0",
+                                         "image_size": 96})
+    assert [label for _, label in start_trials(fixed_input, 50, 0.8)] == ["start point"]
+    only_input = SearchSpace.from_dict({"backbone": FULL["backbone"],
+                                        "image_size": FULL["image_size"]})
+    assert len(start_trials(only_input, 50, 0.8)) == 1
+    assert start_trials(SearchSpace.from_dict({}), 50, 0.8) == []  # every dimension fixed
 
 
 def test_the_start_point_of_an_unstaged_search_samples_the_whole_space() -> None:
     space = SearchSpace.from_dict({**FULL, "freeze_depth": {"choices": [0.8, 0.9]},
                                    "head_width": {"choices": [64, 32]}})
     study = optuna.create_study(direction="maximize")
-    enqueue_start_point(space, study, screen_fraction=1.0, n_trials=5)
+    enqueue_start_trials(study, start_trials(space, n_trials=5, screen_fraction=1.0))
     trial = study.ask()
     params = plan(space, study, trial, n_trials=5, screen_fraction=1.0)
     assert trial.user_attrs["stage"] == "full"

@@ -108,24 +108,33 @@ def plan(space: SearchSpace, study: optuna.Study, trial: optuna.Trial, n_trials:
     return params
 
 
-def enqueue_start_point(space: SearchSpace, study: optuna.Study, screen_fraction: float,
-                        n_trials: int) -> None:
-    """Queue a new study's first trials: the space's start point, then ``START_HEADS`` trials
-    (fewer if ``n_trials`` is smaller) on the same backbone and image size whose other
-    parameters the sampler picks.
+def start_trials(space: SearchSpace, n_trials: int, screen_fraction: float,
+                 ) -> list[tuple[dict[str, Any], str]]:
+    """A new study's first trials, as (fixed parameters, label) to queue.
 
-    On the screening rung those reuse the start point's cached activations (seconds each), so
-    a strong result comes within the first minute while TPE's random start explores the rest.
+    The space's start point on the rung it runs on, then up to ``START_HEADS`` trials that fix
+    only its backbone and image size (the sampler picks the rest). On the screening rung those
+    reuse the start point's cached activations: seconds each. They take at most half of the
+    screening trials (``n_trials`` when not staged), so a small search still explores.
     """
     staged = bool(space.refinement()) and screen_fraction < 1.0
     rung = space.screening() if staged else space
     params = {name: value for name, value in rung.start_point().items()
               if not isinstance(rung.params[name], Fixed)}
-    study.enqueue_trial(params, user_attrs={"start": "start point"}, skip_if_exists=True)
+    if not params:
+        return []
+    quota = max(1, math.ceil(screen_fraction * n_trials)) if staged else n_trials
     same_input = {k: v for k, v in params.items() if k in ("backbone", "image_size")}
-    if same_input and len(same_input) < len(params) and len(study.get_trials(deepcopy=False)) == 1:
-        for _ in range(min(START_HEADS, n_trials - 1)):
-            study.enqueue_trial(same_input, user_attrs={"start": "start point's input"})
+    heads = min(START_HEADS, max(0, quota // 2 - 1))
+    if not same_input or len(same_input) == len(params):
+        heads = 0  # nothing to vary on the same activations, or every trial shares them
+    return [(params, "start point")] + [(same_input, "start point's input")] * heads
+
+
+def enqueue_start_trials(study: optuna.Study, trials: list[tuple[dict[str, Any], str]]) -> None:
+    """Queue ``start_trials`` (recorded as the user attribute ``start``)."""
+    for params, label in trials:
+        study.enqueue_trial(params, user_attrs={"start": label})
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -180,7 +189,8 @@ def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
 
 def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials: int,
         timeout: float | None, on_trial_end: Callable[[optuna.Study, Any], None],
-        screen_fraction: float = 0.8, progress: SearchProgress | None = None) -> int:
+        screen_fraction: float = 0.8, progress: SearchProgress | None = None,
+        new_study: bool = False) -> int:
     """Run trials until ``n_trials`` are finished (COMPLETE or PRUNED) in the study; return how
     many this worker ran.
 
@@ -188,7 +198,8 @@ def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials
     only while finished + running trials are fewer than ``n_trials``; otherwise it waits, fails
     trials whose worker stopped beating (Optuna queues them again) and takes one over, until
     ``n_trials`` are finished. ``progress`` hears when each trial starts and each epoch ends
-    (``on_trial_end`` reports how a trial ended).
+    (``on_trial_end`` reports how a trial ended). ``new_study`` (this process created the study)
+    queues ``start_trials`` before its first trial.
     """
     progress = progress if progress is not None else SearchProgress()
     failures, ran, start = 0, 0, time.monotonic()
@@ -196,8 +207,6 @@ def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials
     poll = max(1.0, min(10.0, float(study._storage.get_heartbeat_interval() or 10))) \
         if shared else 0.0
     said_waiting = False
-    if not study.get_trials(deepcopy=False):
-        enqueue_start_point(space, study, screen_fraction, n_trials)
     while True:
         heartbeat.fail_stale(study)
         now = counts(study)
@@ -214,6 +223,8 @@ def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials
             said_waiting = True
             time.sleep(poll)
             continue
+        if new_study and not study.get_trials(deepcopy=False):  # queued only when they run
+            enqueue_start_trials(study, start_trials(space, n_trials, screen_fraction))
         with warnings.catch_warnings():  # Optuna expects heartbeats with optimize(): we beat
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
             trial = study.ask()
