@@ -4,7 +4,10 @@ Keras and TensorFlow keep memory from trial to trial that ``clear_session`` does
 (graph and function caches, allocator fragmentation): over 50 trials in one process, resident
 memory outside the bounded caches grew by about 600 MB. So trials run in a worker process that
 lives across trials (starting TensorFlow costs seconds) and is replaced right after a trial that
-left its memory outside the caches more than ``max_growth_mb`` above the lightest trial's.
+left its memory outside the caches more than ``max_growth_mb`` above the lightest trial's. A
+"light" trial trained a head on cached activations only; a "heavy" one ran the backbone over
+images or fine-tuned its top, after which oneDNN keeps about 550 MB: until a light trial has set
+the floor, a worker is replaced after every heavy trial.
 
 The search process keeps Optuna, the leaderboard and the progress view; the worker holds the
 data, the feature cache (its files are shared through the disk) and the models. After every
@@ -78,7 +81,7 @@ class TrialWorker:
         self._proc: Any = None
         self._conn: Any = None
         self._ready = False
-        self.floor_mb: float | None = None    # least memory outside caches after any trial
+        self.floor_mb: float | None = None    # least memory outside caches after a light trial
         self.memory: Memory | None = None     # after the last trial (None: it did not end)
         self.started = 0                      # worker processes started so far
         self.last_pid: int | None = None      # the process that ran the last trial
@@ -208,15 +211,20 @@ class TrialWorker:
 
     def _finish(self, msg: tuple, train_log: Any) -> None:
         """Take over the trial's log and the worker's memory; replace a worker that grew."""
-        epochs, best_phase, seconds, memory = msg[-1]
+        epochs, best_phase, seconds, memory, heavy = msg[-1]
         train_log.epochs[:] = epochs
         train_log.best_phase, train_log.seconds = best_phase, seconds
         self.memory = memory
         outside = memory.outside_caches_mb
-        self.floor_mb = outside if self.floor_mb is None else min(self.floor_mb, outside)
-        if outside - self.floor_mb > self.max_growth_mb:
-            log.debug("trial worker %s holds %.0f MB outside its caches, %.0f MB more than the "
-                      "lightest trial left: replaced", self.pid, outside, outside - self.floor_mb)
+        if not heavy:
+            self.floor_mb = outside if self.floor_mb is None else min(self.floor_mb, outside)
+        if self.floor_mb is None:
+            grown = heavy  # nothing light to compare with yet: assume the backbone's buffers stay
+        else:
+            grown = outside - self.floor_mb > self.max_growth_mb
+        if grown:
+            log.debug("trial worker %s holds %.0f MB outside its caches (lightest trial: %s MB): "
+                      "replaced", self.pid, outside, self.floor_mb)
             self._spawn()  # now: its start overlaps the search's bookkeeping
 
 
@@ -291,6 +299,7 @@ def _serve(conn: Any, setup: _Setup) -> None:
                 raise _Stop
 
         reply: tuple
+        misses = ctx.cache.misses
         try:
             result = run_trial(config, dataclasses.replace(ctx, run=trial_run), number,
                                reporter, train_log, warm)
@@ -303,8 +312,13 @@ def _serve(conn: Any, setup: _Setup) -> None:
             text = str(exc).splitlines()[0][:300] if str(exc) else ""
             reply = ("error", "TrialFailed", f"{type(exc).__name__}: {text}" if text
                      else type(exc).__name__, traceback.format_exc())
-        _release(ctx, cached=trial_run.feature_cache and config.augmentation == "none")
-        state = (list(train_log.epochs), train_log.best_phase, train_log.seconds, _memory(ctx))
+        cached = trial_run.feature_cache and config.augmentation == "none"
+        # the backbone ran over images (extraction, live training) or its top was fine-tuned
+        heavy = (not cached or ctx.cache.misses > misses
+                 or any(row.get("phase") == 2 for row in train_log.epochs))
+        _release(ctx, cached)
+        state = (list(train_log.epochs), train_log.best_phase, train_log.seconds, _memory(ctx),
+                 heavy)
         conn.send((*reply, state))
 
 

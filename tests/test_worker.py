@@ -60,13 +60,14 @@ def test_pruning_stops_the_trial_and_the_same_worker_runs_the_next(worker: Trial
         if epoch == 2:
             raise optuna.TrialPruned("pruned at epoch 2")
 
+    worker.run(CONFIG, replace(RUN, epochs=1), 0, None, TrainLog(), None)  # extracts
     log = TrainLog()
     with pytest.raises(optuna.TrialPruned):
-        worker.run(CONFIG, RUN, 0, prune_at_two, log, None)
+        worker.run(CONFIG, RUN, 1, prune_at_two, log, None)  # on the cached activations
     pid = worker.pid
     assert seen == [1, 2] and [r["epoch"] for r in log.epochs] == [1, 2]
-    result = worker.run(CONFIG, RUN, 1, None, TrainLog(), None)
-    assert worker.pid == pid and worker.started == 1 and result.epochs == RUN.epochs
+    result = worker.run(CONFIG, RUN, 2, None, TrainLog(), None)
+    assert worker.pid == pid and result.epochs == RUN.epochs
 
 
 @pytest.mark.slow
@@ -80,8 +81,9 @@ def test_a_killed_worker_fails_only_its_trial(worker: TrialWorker) -> None:
     assert str(err.value) == ("the trial worker process running trial 7 was killed by SIGKILL "
                               "(out of memory? the system kills the largest process)")
     assert len(log.epochs) == 1  # what it trained before it died is kept
+    dead = worker.last_pid
     assert worker.run(CONFIG, RUN, 8, None, TrainLog(), None).epochs == RUN.epochs
-    assert worker.started == 2
+    assert worker.last_pid not in (None, dead)  # a new worker ran it
 
 
 @pytest.mark.slow
@@ -94,19 +96,26 @@ def test_a_failing_trial_comes_back_with_its_reason_and_epochs(worker: TrialWork
 
 
 @pytest.mark.slow
-def test_worker_is_replaced_once_its_memory_outside_the_caches_grew(worker: TrialWorker) -> None:
+def test_worker_is_replaced_after_running_the_backbone_or_once_its_memory_grew(
+        worker: TrialWorker) -> None:
     short = replace(RUN, epochs=1)
     worker.run(CONFIG, short, 0, None, TrainLog(), None)
+    extracted = worker.last_pid
+    # it ran the backbone and no light trial has set the floor yet: replaced at once, the new
+    # one started before it is needed
+    assert worker.started == 2 and worker.pid not in (None, extracted)
+    worker.run(CONFIG, short, 1, None, TrainLog(), None)  # activations from disk: light
     first = worker.pid
-    worker.run(CONFIG, short, 1, None, TrainLog(), None)
-    assert worker.pid == first and worker.started == 1  # one more trial is not 200 MB more
-    worker.max_growth_mb = float("-inf")  # every trial is "too much": replaced right after it
+    assert worker.last_pid == first and worker.started == 2 and worker.floor_mb is not None
     worker.run(CONFIG, short, 2, None, TrainLog(), None)
-    assert worker.last_pid == first and worker.started == 2
+    assert worker.pid == first and worker.started == 2  # one more trial is not 200 MB more
+    worker.max_growth_mb = float("-inf")  # every trial is "too much": replaced right after it
+    worker.run(CONFIG, short, 3, None, TrainLog(), None)
+    assert worker.last_pid == first and worker.started == 3
     assert worker.pid not in (None, first)  # the new one starts at once, before it is needed
     worker.max_growth_mb = 1e9
-    assert worker.run(CONFIG, short, 3, None, TrainLog(), None).epochs == 1
-    assert worker.last_pid not in (None, first) and worker.started == 2
+    assert worker.run(CONFIG, short, 4, None, TrainLog(), None).epochs == 1
+    assert worker.last_pid not in (None, first) and worker.started == 3
 
 
 @pytest.mark.slow
