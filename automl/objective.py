@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,7 +115,7 @@ def run_trial(config: TrialConfig, ctx: SearchContext, number: int,
 
     keras.utils.set_random_seed(run.seed + number)
     cached = run.feature_cache and config.augmentation == "none"
-    trainer = _Trainer(tm, ctx, source, cached)
+    trainer = _Trainer(tm, ctx, source, cached, log)
     head_done = None
     if warm is not None and config.augmentation == "none" and warm.head_weights.is_file():
         tm.head.load_weights(str(warm.head_weights))
@@ -143,9 +144,10 @@ class _Trainer:
     """Feeds each phase either cached frozen activations or live images."""
 
     def __init__(self, tm: TransferModel, ctx: SearchContext, source: WeightsSource,
-                 cached: bool) -> None:
+                 cached: bool, log: TrainLog) -> None:
         self.tm, self.ctx, self.source, self.cached = tm, ctx, source, cached
-        self.run = ctx.run
+        self.run, self.log = ctx.run, log
+        log.heavy = log.heavy or not cached  # live training runs the backbone every epoch
 
     def phase(self, number: int) -> Phase | None:
         from automl.train import Phase
@@ -155,6 +157,7 @@ class _Trainer:
         epochs = run.epochs if number == 1 else run.fine_tune_epochs
         if number == 2 and (tm.top is None or epochs <= 0):
             return None
+        self.log.heavy = self.log.heavy or number == 2  # fine-tuning runs the backbone's top
         tm.set_phase(number)
         data = self.ctx.data
         if self.cached:
@@ -176,8 +179,15 @@ class _Trainer:
         key = FeatureKey(self.ctx.data.fingerprint, split.name, tm.spec.name,
                          self.source.identity, tm.config.image_size,
                          (tm.cut.layer or "input") if at_cut else "pooled")
-        return self.ctx.cache.get(key, lambda: extract_features(
-            tm.feature_model(at_cut), split, tm.config.image_size, self.run.batch_size))
+        return self.ctx.cache.get(key, self._extract(split, at_cut))
+
+    def _extract(self, split: Split, at_cut: bool) -> Callable[[], np.ndarray]:
+        """Compute the activations on a cache miss (the backbone runs over the images)."""
+        def compute() -> np.ndarray:
+            self.log.heavy = True
+            return extract_features(self.tm.feature_model(at_cut), split,
+                                    self.tm.config.image_size, self.run.batch_size)
+        return compute
 
     def evaluate(self, split: Split, best_phase: int) -> tuple[float, float]:
         """(loss, accuracy) of the trained model on a split."""

@@ -175,8 +175,10 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
     if beat is not None:
         seed += zlib.crc32(optuna_driver.worker_name().encode()) % 100_003
     # TPE's random start is not shortened by the queued start trials (see optuna_driver)
+    # (another worker that created the study at the same moment queues them: counted too)
+    fresh = created or not optuna_driver.finished_count(study)
     start = (len(optuna_driver.start_trials(space, req.trials, req.screen_fraction))
-             if created and req.driver == "optuna"
+             if fresh and req.driver == "optuna"
              else sum("start" in t.user_attrs for t in study.get_trials(deepcopy=False)))
     study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=beat is not None,
                                                n_startup_trials=TPE_STARTUP_TRIALS + start)

@@ -17,3 +17,4 @@ class TrainLog:
     epochs: list[dict[str, float]] = field(default_factory=list)
     best_phase: int = 1
     seconds: float = 0.0
+    heavy: bool = False  # the backbone ran over images or its top was fine-tuned

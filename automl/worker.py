@@ -6,8 +6,9 @@ memory outside the bounded caches grew by about 600 MB. So trials run in a worke
 lives across trials (starting TensorFlow costs seconds) and is replaced right after a trial that
 left its memory outside the caches more than ``max_growth_mb`` above the lightest trial's. A
 "light" trial trained a head on cached activations only; a "heavy" one ran the backbone over
-images or fine-tuned its top, after which oneDNN keeps about 550 MB: until a light trial has set
-the floor, a worker is replaced after every heavy trial.
+images or fine-tuned its top, after which oneDNN keeps about 550 MB. So the floor is the lightest
+light trial's; the first heavy trial (no floor yet) replaces its worker; while no trial has been
+light (e.g. no feature cache), the lightest heavy trial's memory is the floor.
 
 The search process keeps Optuna, the leaderboard and the progress view; the worker holds the
 data, the feature cache (its files are shared through the disk) and the models. After every
@@ -82,6 +83,7 @@ class TrialWorker:
         self._conn: Any = None
         self._ready = False
         self.floor_mb: float | None = None    # least memory outside caches after a light trial
+        self.heavy_floor_mb: float | None = None  # the same over heavy trials (none light yet)
         self.memory: Memory | None = None     # after the last trial (None: it did not end)
         self.started = 0                      # worker processes started so far
         self.last_pid: int | None = None      # the process that ran the last trial
@@ -216,12 +218,17 @@ class TrialWorker:
         train_log.best_phase, train_log.seconds = best_phase, seconds
         self.memory = memory
         outside = memory.outside_caches_mb
+        train_log.heavy = heavy
         if not heavy:
             self.floor_mb = outside if self.floor_mb is None else min(self.floor_mb, outside)
-        if self.floor_mb is None:
-            grown = heavy  # nothing light to compare with yet: assume the backbone's buffers stay
+        reference = self.floor_mb if self.floor_mb is not None else self.heavy_floor_mb
+        if reference is None:
+            grown = heavy  # the first trial ran the backbone: its buffers would stay; once
         else:
-            grown = outside - self.floor_mb > self.max_growth_mb
+            grown = outside - reference > self.max_growth_mb
+        if heavy:
+            self.heavy_floor_mb = outside if self.heavy_floor_mb is None else min(
+                self.heavy_floor_mb, outside)
         if grown:
             log.debug("trial worker %s holds %.0f MB outside its caches (lightest trial: %s MB): "
                       "replaced", self.pid, outside, self.floor_mb)
@@ -299,7 +306,6 @@ def _serve(conn: Any, setup: _Setup) -> None:
                 raise _Stop
 
         reply: tuple
-        misses = ctx.cache.misses
         try:
             result = run_trial(config, dataclasses.replace(ctx, run=trial_run), number,
                                reporter, train_log, warm)
@@ -313,12 +319,9 @@ def _serve(conn: Any, setup: _Setup) -> None:
             reply = ("error", "TrialFailed", f"{type(exc).__name__}: {text}" if text
                      else type(exc).__name__, traceback.format_exc())
         cached = trial_run.feature_cache and config.augmentation == "none"
-        # the backbone ran over images (extraction, live training) or its top was fine-tuned
-        heavy = (not cached or ctx.cache.misses > misses
-                 or any(row.get("phase") == 2 for row in train_log.epochs))
         _release(ctx, cached)
         state = (list(train_log.epochs), train_log.best_phase, train_log.seconds, _memory(ctx),
-                 heavy)
+                 train_log.heavy)
         conn.send((*reply, state))
 
 

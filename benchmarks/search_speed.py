@@ -402,15 +402,23 @@ def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
                          f"({other}) {3600 * o['trials'] / o['wall']:.0f} vs (a) "
                          f"{3600 * a['trials'] / a['wall']:.0f}")
         rss = a["rss_per_trial"]
+        worker = a.get("worker_per_trial") or []
         if rss:
+            # a sample taken right after the worker was replaced shows the new one still
+            # starting (about 300 MB): the baseline is the first sample with a settled worker
+            pids = [w["pid"] for w in worker] if len(worker) == len(rss) else []
+            settled = [i for i in range(len(rss))
+                       if not pids or i + 1 >= len(pids) or pids[i + 1] == pids[i]]
+            base_i = settled[0] if settled else 0
+            base = rss[base_i]
             upto = rss[: min(len(rss), 30)]
             lines.append(f"(a) RSS between trials (search process + trial worker, sampled as "
-                         f"the next trial is picked): after trial 1 {rss[0]:.0f} MB; highest "
-                         f"after trials 2-{len(upto)} {max(upto):.0f} MB (growth "
-                         f"{max(upto) - rss[0]:+.0f} MB); highest over all {len(rss)} "
-                         f"{max(rss):.0f} MB (growth {max(rss) - rss[0]:+.0f} MB); lowest "
-                         f"{min(rss):.0f} MB (a replaced worker still starting)")
-        worker = a.get("worker_per_trial") or []
+                         f"the next trial is picked): after trial {base_i + 1} (the first with "
+                         f"a settled worker) {base:.0f} MB; highest after trials "
+                         f"{base_i + 2}-{len(upto)} {max(upto[base_i + 1:] or [base]):.0f} MB "
+                         f"(growth {max(upto[base_i + 1:] or [base]) - base:+.0f} MB); highest "
+                         f"over all {len(rss)} {max(rss):.0f} MB (growth {max(rss) - base:+.0f} "
+                         f"MB); lowest {min(rss):.0f} MB (a replaced worker still starting)")
         own = a.get("own_per_trial") or []
         if worker:
             outside = [w["rss_mb"] - w["cache_mb"] for w in worker]
@@ -445,6 +453,8 @@ def main() -> None:
     p.add_argument("--contenders", default="a,b,c,d,throughput")
     p.add_argument("--workdir", help="where the contenders write (default: a temporary folder)")
     p.add_argument("--out", help="also write the report to this file")
+    p.add_argument("--report-from", metavar="WORKDIR",
+                   help="print the report of an earlier run's --workdir again, running nothing")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -457,6 +467,12 @@ def main() -> None:
         except AutoMLError as exc:
             sys.exit(f"error: {exc}")
         Path(args.json).write_text(json.dumps(result))
+        return
+    if args.report_from:
+        done = {p.stem: json.loads(p.read_text()) for p in Path(args.report_from).glob("*.json")}
+        if "c" in done or "b" in done:
+            args.budget = args.budget or done.get("a", {}).get("wall", 0.0)
+        print(report({k: v for k, v in done.items() if k in CHILDREN}, args))
         return
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="automl-bench-")
     wanted = args.contenders.split(",")

@@ -165,6 +165,11 @@ def test_resume_runs_only_the_missing_trials(run: dict[str, Path],
     assert "3 of 4 trials finished" in out
     rows = _rows(run["results"] / "default" / "leaderboard.csv")
     assert sorted(int(r["trial"]) for r in rows) == [0, 1, 2, 3]
+    import optuna
+
+    study = optuna.load_study(study_name="default",
+                              storage=f"sqlite:///{run['results'] / 'default' / 'study.db'}")
+    assert [t.number for t in study.trials if "start" in t.user_attrs] == [0]  # not queued again
     # already complete: nothing runs, nothing changes
     before = (run["results"] / "default" / "leaderboard.csv").read_bytes()
     assert main(["search", "--space", str(run["space"]), "--trials", "4", "--results",

@@ -47,6 +47,7 @@ def test_a_trial_in_the_worker_equals_the_same_trial_in_process(tiny_npz: Path, 
         here.val_accuracy, here.val_loss, here.test_accuracy, here.epochs)
     assert [r["val_loss"] for r in there.history] == [r["val_loss"] for r in here.history]
     assert log.epochs == there.history and log.seconds > 0
+    assert log.heavy  # it extracted the activations: the backbone ran over the images
     assert Path(there.weights_file).is_file() and here.val_accuracy > 0.2  # above chance (0.1)
     assert worker.memory is not None and worker.memory.rss_mb > worker.memory.cache_mb > 0
 
@@ -171,3 +172,27 @@ def test_a_folder_search_leaves_no_decoded_images_behind(tiny_npz: Path, tmp_pat
     assert out.returncode == 0, out.stderr[-2000:]
     assert "oneDNN" not in out.stderr and "cuInit" not in out.stderr
     assert not list(temp.glob("automl-images-*"))
+
+
+@pytest.mark.parametrize(("trials", "replaced_after"), [
+    # (MB outside the caches, heavy) per trial: heavy first, then light ones set the floor
+    ([(1400, True), (880, False), (900, False), (1450, True)], [0, 3]),
+    # never a light trial (no feature cache): the first heavy one sets a heavy floor
+    ([(1400, True), (1410, True), (1420, True), (1700, True)], [0, 3]),
+    # light trials only: replaced once 200 MB above the lightest
+    ([(880, False), (900, False), (1070, False), (1100, False)], [3]),
+])
+def test_when_the_worker_is_replaced(trials: list[tuple[float, bool]], replaced_after: list[int],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from automl.worker import Memory
+
+    worker = TrialWorker(None)  # the policy alone: no process is started
+    done: list[int] = []
+    replaced: list[int] = []
+    monkeypatch.setattr(worker, "_spawn", lambda: replaced.append(done[-1]))
+    for number, (outside, heavy) in enumerate(trials):
+        done.append(number)
+        log = TrainLog()
+        worker._finish(("done", None, ([], 1, 1.0, Memory(outside + 50, 50), heavy)), log)
+        assert log.heavy is heavy
+    assert replaced == replaced_after

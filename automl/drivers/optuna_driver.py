@@ -223,8 +223,9 @@ def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials
             said_waiting = True
             time.sleep(poll)
             continue
-        if new_study and not study.get_trials(deepcopy=False):  # queued only when they run
+        if new_study:  # queued once, when a trial is about to start (not before --timeout)
             enqueue_start_trials(study, start_trials(space, n_trials, screen_fraction))
+            new_study = False
         with warnings.catch_warnings():  # Optuna expects heartbeats with optimize(): we beat
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
             trial = study.ask()
