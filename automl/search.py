@@ -174,11 +174,11 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
     seed = req.run.seed + len(study.trials)
     if beat is not None:
         seed += zlib.crc32(optuna_driver.worker_name().encode()) % 100_003
-    # TPE's random start is not shortened by the queued start trials (see optuna_driver)
-    # (another worker that created the study at the same moment queues them: counted too)
-    fresh = created or not optuna_driver.finished_count(study)
-    start = (len(optuna_driver.start_trials(space, req.trials, req.screen_fraction))
-             if fresh and req.driver == "optuna"
+    # the Optuna driver queues a new study's start trials; TPE's random start is not shortened
+    # by them (a worker that joins before any trial finished counts the creator's too)
+    planned = (optuna_driver.start_trials(space, req.trials, req.screen_fraction)
+               if req.driver == "optuna" else [])
+    start = (len(planned) if created or not optuna_driver.finished_count(study)
              else sum("start" in t.user_attrs for t in study.get_trials(deepcopy=False)))
     study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=beat is not None,
                                                n_startup_trials=TPE_STARTUP_TRIALS + start)
@@ -223,7 +223,7 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
         else:
             optuna_driver.run(space, ctx, study, n_trials=req.trials, timeout=req.timeout,
                               on_trial_end=on_trial_end, screen_fraction=req.screen_fraction,
-                              progress=progress, new_study=bool(created))
+                              progress=progress, queue=planned if created else [])
     finally:
         if ctx.worker is not None:
             ctx.worker.stop()  # idle after the last trial (Ctrl-C has killed it already)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from automl.config import RunConfig, TrialConfig
 from automl.data import load_data
 from automl.features import FeatureCache
 from automl.objective import SearchContext, TrialResult, run_trial
+from automl.trainlog import TrainLog
 from automl.weights import WeightsResolver
 
 CONFIG = TrialConfig("efficientnet_lite0", 32, 0.98, 64, 0.2, 3e-3, "none")
@@ -58,3 +60,23 @@ def test_cached_training_matches_the_live_path(data, tmp_path: Path) -> None:  #
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
     one_image = 1.0 / len(data.validation)
     assert abs(cached.val_accuracy - live.val_accuracy) <= one_image + 1e-9
+
+
+@pytest.mark.slow
+def test_a_trial_is_heavy_exactly_when_the_backbone_runs(data, tmp_path: Path,
+                                                         ) -> None:  # noqa: ANN001
+    """The flag the trial worker's replacement rule reads (oneDNN keeps memory after these)."""
+    cache = FeatureCache(tmp_path / "features", 1 << 30)
+    head_only = replace(CONFIG, freeze_depth=1.0)
+    heavy = []
+    for config, cached in ((head_only, True),   # extracts the activations
+                           (head_only, True),   # a head on them: light
+                           (CONFIG, True),      # extracts at the cut, fine-tunes the top
+                           (CONFIG, True),      # the same from cached activations: fine-tunes
+                           (head_only, False)):  # trains on images
+        run = RunConfig(epochs=1, fine_tune_epochs=1, batch_size=128, feature_cache=cached)
+        log = TrainLog()
+        run_trial(config, SearchContext(data, run, WeightsResolver(), cache, tmp_path), 3,
+                  log=log)
+        heavy.append(log.heavy)
+    assert heavy == [True, False, True, True, True]

@@ -190,7 +190,7 @@ def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
 def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials: int,
         timeout: float | None, on_trial_end: Callable[[optuna.Study, Any], None],
         screen_fraction: float = 0.8, progress: SearchProgress | None = None,
-        new_study: bool = False) -> int:
+        queue: list[tuple[dict[str, Any], str]] | None = None) -> int:
     """Run trials until ``n_trials`` are finished (COMPLETE or PRUNED) in the study; return how
     many this worker ran.
 
@@ -198,8 +198,8 @@ def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials
     only while finished + running trials are fewer than ``n_trials``; otherwise it waits, fails
     trials whose worker stopped beating (Optuna queues them again) and takes one over, until
     ``n_trials`` are finished. ``progress`` hears when each trial starts and each epoch ends
-    (``on_trial_end`` reports how a trial ended). ``new_study`` (this process created the study)
-    queues ``start_trials`` before its first trial.
+    (``on_trial_end`` reports how a trial ended). ``queue`` (``start_trials``, given by the
+    process that created the study) is queued before the first trial.
     """
     progress = progress if progress is not None else SearchProgress()
     failures, ran, start = 0, 0, time.monotonic()
@@ -223,9 +223,9 @@ def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials
             said_waiting = True
             time.sleep(poll)
             continue
-        if new_study:  # queued once, when a trial is about to start (not before --timeout)
-            enqueue_start_trials(study, start_trials(space, n_trials, screen_fraction))
-            new_study = False
+        if queue:  # queued once, when a trial is about to start (not before --timeout)
+            enqueue_start_trials(study, queue)
+            queue = None
         with warnings.catch_warnings():  # Optuna expects heartbeats with optimize(): we beat
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
             trial = study.ask()
