@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -23,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("search", help="run (or resume) a search")
-    s.add_argument("--space", help="search space YAML (default: search_spaces/default.yaml)")
+    s.add_argument("--space", help="search space: a YAML file, or the name of a packaged "
+                   "space (default, wide); default: default")
     s.add_argument("--data", help="class-folder directory, train/validation directory, .npz, or "
                    "cifar10|cifar100|mnist|fashion_mnist (default: embedded Animal-MNIST)")
     _study_args(s)
@@ -101,37 +101,6 @@ def _study_args(p: argparse.ArgumentParser) -> None:
                    "worker (and export) reaches (default: <results>/<study>/trials)")
 
 
-_TF_NOISE = ("cudart_stub", "cuInit", "cuda_platform", "absl::InitializeLog", "oneDNN",
-             "cpu_feature_guard", "TF_ENABLE_ONEDNN_OPTS", "rebuild TensorFlow")
-
-
-def quiet_tensorflow() -> None:
-    """Import TensorFlow with its start-up chatter about missing GPUs filtered out of stderr."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    import tempfile
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()
-            tf.get_logger().setLevel(logging.ERROR)
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-        capture.seek(0)
-        for line in capture.read().decode(errors="replace").splitlines():
-            if line.strip() and not any(noise in line for noise in _TF_NOISE):
-                print(line, file=sys.stderr)
-
-
 def _show_warning(message: Warning | str, category: type, *_: object, **__: object) -> None:
     """Python warnings (e.g. skipped image files) as one plain line on stderr."""
     print(f"warning: {message}", file=sys.stderr)
@@ -139,7 +108,7 @@ def _show_warning(message: Warning | str, category: type, *_: object, **__: obje
 
 def cmd_search(a: argparse.Namespace) -> int:
     from automl.config import RunConfig
-    from automl.search import SearchRequest, run_search
+    from automl.search.run import SearchRequest, run_search
 
     run = RunConfig(epochs=a.epochs, fine_tune_epochs=a.fine_tune_epochs,
                     batch_size=a.batch_size, seed=a.seed, feature_cache=not a.no_feature_cache,
@@ -159,7 +128,7 @@ def cmd_search(a: argparse.Namespace) -> int:
                         artifacts=a.artifacts, heartbeat=a.heartbeat,
                         heartbeat_grace=a.heartbeat_grace, driver=a.driver,
                         algorithm=a.algorithm, in_process=a.in_process)
-    from automl.progress import make_progress
+    from automl.search.progress import make_progress
 
     study = run_search(req, progress=make_progress(sys.stdout, quiet=a.quiet))
     _print_board(a, study, top=5)
@@ -169,7 +138,7 @@ def cmd_search(a: argparse.Namespace) -> int:
 def _print_board(a: argparse.Namespace, study: object, top: int) -> None:
     import pandas as pd
 
-    from automl import leaderboard
+    from automl.search import leaderboard
 
     board = leaderboard.from_study(study)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
@@ -187,8 +156,8 @@ def _print_board(a: argparse.Namespace, study: object, top: int) -> None:
 
 
 def cmd_leaderboard(a: argparse.Namespace) -> int:
-    from automl import leaderboard
-    from automl.study import artifact_root, open_study
+    from automl.search import leaderboard
+    from automl.search.study import artifact_root, open_study
 
     study = open_study(Path(a.results), a.study, a.storage, create=False)
     root = artifact_root(a.results, a.study, a.artifacts, study, a.storage)
@@ -205,7 +174,7 @@ def cmd_leaderboard(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from automl.export import export_study
+    from automl.report.export import export_study
 
     report = export_study(Path(a.results), a.study, a.storage, a.trial, Path(a.out),
                           artifacts=a.artifacts)
@@ -220,7 +189,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from automl.export import predict_files
+    from automl.report.export import predict_files
 
     results = predict_files(Path(a.model_dir), a.images, top=a.top)
     if a.json:
@@ -233,14 +202,14 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_backbones(a: argparse.Namespace) -> int:
-    from automl.backbones_table import backbones_table
+    from automl.backbones.table import backbones_table
 
     print(backbones_table(a.weights_dir).to_string(index=False))
     return 0
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from automl.report import build_report
+    from automl.report.report import build_report
 
     report = build_report(Path(a.results), a.study, a.storage, a.artifacts)
     for text in report.notes:
@@ -279,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("automl").setLevel(logging.DEBUG if args.debug else logging.INFO)
     try:
         if _needs_tensorflow(args):
+            from automl.trial.quiet import quiet_tensorflow
+
             quiet_tensorflow()
         return COMMANDS[args.command](args)
     except AutoMLError as exc:

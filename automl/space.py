@@ -99,6 +99,29 @@ class FloatRange:
 
 Param = Fixed | Categorical | IntRange | FloatRange
 
+#: The spaces shipped inside the package (found from a wheel as from a checkout).
+SPACES_DIR = Path(__file__).resolve().parent / "search_spaces"
+
+
+def packaged_spaces() -> list[str]:
+    """Names of the packaged spaces, e.g. ``['default', 'wide']``."""
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def space_file(path: str | Path | None) -> Path:
+    """The YAML file for ``--space``: a path as given, else a packaged space by name.
+
+    >>> space_file(None).name, space_file("wide").parent == SPACES_DIR
+    ('default.yaml', True)
+    """
+    if path is None:
+        return SPACES_DIR / "default.yaml"
+    given = Path(path)
+    if given.is_file() or given.parent != Path("."):
+        return given
+    packaged = SPACES_DIR / (given.name if given.suffix else f"{given.name}.yaml")
+    return packaged if packaged.is_file() else given
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -109,11 +132,11 @@ class SearchSpace:
 
     @classmethod
     def from_file(cls, path: str | Path) -> SearchSpace:
-        """Load and validate a YAML space file."""
-        path = Path(path)
+        """Load and validate a YAML space file, or a packaged space by name (``wide``)."""
+        path = space_file(path)
         if not path.is_file():
             raise ConfigError(f"Search space file '{path}' does not exist (expected a YAML file, "
-                              "e.g. search_spaces/default.yaml).")
+                              f"or one of the packaged spaces: {', '.join(packaged_spaces())}).")
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as exc:
@@ -149,7 +172,7 @@ class SearchSpace:
 
     def _check_values(self) -> None:
         """Check every reachable value against its dimension's rules and the backbone registry."""
-        from automl.backbones import REGISTRY  # light module: no TensorFlow import
+        from automl.backbones.registry import REGISTRY  # light module: no TensorFlow import
 
         for name, param in self.params.items():
             for value in param.values():

@@ -89,7 +89,7 @@ def time_to_reach(timeline: list[tuple[float, float]], target: float) -> float |
 def contender_search(args: argparse.Namespace, cached: bool) -> dict[str, Any]:
     """(a) or (b): automl's own search, in process, timed per trial."""
     from automl.config import RunConfig
-    from automl.search import SearchRequest, run_search
+    from automl.search.run import SearchRequest, run_search
 
     results = Path(args.workdir) / ("a" if cached else "b")
     run = RunConfig(seed=args.seed, feature_cache=cached)
@@ -133,7 +133,7 @@ def contender_search(args: argparse.Namespace, cached: bool) -> dict[str, Any]:
 
 
 def _naive_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
-    from automl.data import load_data
+    from automl.data.load import load_data
     from automl.space import SearchSpace
 
     space = SearchSpace.from_file(args.space)
@@ -146,9 +146,10 @@ def _naive_model(spec: Any, size: int, freeze_depth: float, head_width: int, dro
     """What a user writes: backbone(include_top=False), freeze the first layers, add a head."""
     import keras
 
-    from automl.layers import Preprocess, augmentation_layers
+    from automl.backbones.build import build_backbone
+    from automl.trial.layers import Preprocess, augmentation_layers
 
-    base = spec.build((size, size, 3), weights)
+    base = build_backbone(spec, (size, size, 3), weights)
     frozen = int(round(freeze_depth * len(base.layers)))
     for i, layer in enumerate(base.layers):
         layer.trainable = i >= frozen and not isinstance(layer, keras.layers.BatchNormalization)
@@ -169,9 +170,10 @@ def contender_keras_tuner(args: argparse.Namespace) -> dict[str, Any]:
     import keras
     import keras_tuner as kt
 
-    from automl.backbones import get_spec
+    from automl.backbones.registry import get_spec
+    from automl.backbones.weights import WeightsResolver
+    from automl.data import pipeline
     from automl.space import Categorical, Fixed, FloatRange, IntRange
-    from automl.weights import WeightsResolver
 
     start = time.monotonic()
     space, data = _naive_inputs(args)
@@ -213,14 +215,15 @@ def contender_keras_tuner(args: argparse.Namespace) -> dict[str, Any]:
 
         def fit(self, hp: Any, model: Any, *a: Any, **kw: Any) -> Any:
             size = hp.get("image_size")
-            train = data.train.dataset(size, 64, shuffle=True, seed=args.seed)
-            val = data.validation.dataset(size, 64)
+            train = pipeline.dataset(data.train, size, 64, shuffle=True, seed=args.seed)
+            val = pipeline.dataset(data.validation, size, 64)
             history = model.fit(train, validation_data=val, epochs=10, verbose=0,
                                 callbacks=[*kw.get("callbacks", []), Budget(),
                                            keras.callbacks.EarlyStopping(
                                                patience=3, restore_best_weights=True)])
             best = max(history.history["val_accuracy"])
-            tests[kw["trial_id"]] = model.evaluate(data.test.dataset(size, 64), verbose=0)[1]
+            test = pipeline.dataset(data.test, size, 64)
+            tests[kw["trial_id"]] = model.evaluate(test, verbose=0)[1]
             timeline.append((time.monotonic() - start, best))
             print(f"  {time.monotonic() - start:7.1f}s trial {len(timeline)} val_acc={best:.4f} "
                   f"{dict(hp.values)}", flush=True)
@@ -257,9 +260,11 @@ def contender_seed_recipe(args: argparse.Namespace) -> dict[str, Any]:
     import keras
     import numpy as np
 
-    from automl.backbones import get_spec
-    from automl.layers import Preprocess
-    from automl.weights import WeightsResolver
+    from automl.backbones.build import build_backbone
+    from automl.backbones.registry import get_spec
+    from automl.backbones.weights import WeightsResolver
+    from automl.data import pipeline
+    from automl.trial.layers import Preprocess
 
     start = time.monotonic()
     space, data = _naive_inputs(args)
@@ -267,13 +272,14 @@ def contender_seed_recipe(args: argparse.Namespace) -> dict[str, Any]:
     size = max(space.params["image_size"].values())
     spec = get_spec(backbone)
     keras.utils.set_random_seed(args.seed)
-    base = spec.build((size, size, 3), WeightsResolver(seed=args.seed).resolve(spec, size).weights)
+    weights = WeightsResolver(seed=args.seed).resolve(spec, size).weights
+    base = build_backbone(spec, (size, size, 3), weights)
     image = keras.Input((size, size, 3))
     conv_base = keras.Model(image, keras.layers.GlobalAveragePooling2D()(
         base(Preprocess(spec.preprocess)(image))))
 
     def features(split: Any) -> Any:
-        return conv_base.predict(split.dataset(size, 64), verbose=0)
+        return conv_base.predict(pipeline.dataset(split, size, 64), verbose=0)
 
     x_train, x_val, x_test = (features(s) for s in (data.train, data.validation, data.test))
     head = keras.Sequential([keras.Input(x_train.shape[1:]),
@@ -302,11 +308,12 @@ def contender_throughput(args: argparse.Namespace) -> dict[str, Any]:
     import keras
     import numpy as np
 
-    from automl.backbones import get_spec
+    from automl.backbones.registry import get_spec
+    from automl.backbones.weights import WeightsResolver
     from automl.config import TrialConfig
-    from automl.model import build_model, reset_keras
-    from automl.objective import extract_features
-    from automl.weights import WeightsResolver
+    from automl.data import pipeline
+    from automl.trial.model import build_model, reset_keras
+    from automl.trial.run import extract_features
 
     space, data = _naive_inputs(args)
     size = max(space.params["image_size"].values())
@@ -322,7 +329,8 @@ def contender_throughput(args: argparse.Namespace) -> dict[str, Any]:
         image = keras.Input((size, size, 3))
         bare = keras.Model(image, tm.inference.get_layer("avg_pool")(
             tm.bottom(tm.inference.get_layer("preprocess")(image))))
-        array = np.asarray(split.images(size).batch(len(split)).get_single_element(), np.float32)
+        batch = pipeline.images(split, size).batch(len(split)).get_single_element()
+        array = np.asarray(batch, np.float32)
         bare.predict(array[:64], verbose=0)  # build both before timing
         extract_features(ours, split, size, 64)
         best = {"bare": 0.0, "ours": 0.0}
@@ -449,7 +457,7 @@ def main() -> None:
                    help="seconds for (b) and (c); 0 = the wall time (a) took")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="as automl search --data (default: embedded Animal-MNIST)")
-    p.add_argument("--space", default=str(ROOT / "search_spaces" / "default.yaml"))
+    p.add_argument("--space", default=str(ROOT / "automl" / "search_spaces" / "default.yaml"))
     p.add_argument("--contenders", default="a,b,c,d,throughput")
     p.add_argument("--workdir", help="where the contenders write (default: a temporary folder)")
     p.add_argument("--out", help="also write the report to this file")

@@ -9,7 +9,7 @@ import numpy as np
 
 def tiny_npz(path: Path, train: int = 40, val: int = 10, test: int = 20, seed: int = 0) -> Path:
     """``train``/``val``/``test`` images per class of the embedded Animal-MNIST, as an .npz."""
-    from automl.data_sources import read_animal_mnist
+    from automl.data.sources import read_animal_mnist
 
     raw = read_animal_mnist()
     pool = raw.pools["train"]

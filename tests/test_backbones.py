@@ -14,9 +14,10 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from automl.backbones import REGISTRY, BackboneSpec  # noqa: E402
-from automl.layers import Preprocess  # noqa: E402
-from automl.model import Cut, block_cuts, reset_keras  # noqa: E402
+from automl.backbones.build import build_backbone  # noqa: E402
+from automl.backbones.registry import REGISTRY, BackboneSpec  # noqa: E402
+from automl.trial.layers import Preprocess  # noqa: E402
+from automl.trial.model import Cut, block_cuts, reset_keras  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(  # keras get_weights on TF variables, numpy 2
     "ignore:__array__ implementation doesn.t accept a copy keyword:DeprecationWarning")
@@ -56,7 +57,7 @@ def built(request: pytest.FixtureRequest) -> Built:
     spec = REGISTRY[request.param]
     size = _size(spec)
     reset_keras(0)
-    model = spec.build((size, size, 3), None)
+    model = build_backbone(spec, (size, size, 3), None)
     rng = np.random.default_rng(0)
     pixels = rng.uniform(0, 255, (2, size, size, 3)).astype(np.float32)
     x = keras.ops.convert_to_numpy(Preprocess(spec.preprocess)(pixels))
@@ -126,7 +127,7 @@ def test_a_cut_inside_a_residual_block_cannot_split() -> None:
     """The control for the check above: Keras refuses a top that a skip connection crosses."""
     spec = REGISTRY["efficientnet_lite0"]
     reset_keras(0)
-    model = spec.build((32, 32, 3), None)
+    model = build_backbone(spec, (32, 32, 3), None)
     names = [c.layer for c in block_cuts(model, spec.block_pattern)]
     assert "block2b_expand_activation" not in names  # inside block2b, whose add skips it
     inside = model.get_layer("block2b_expand_activation").output

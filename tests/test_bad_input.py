@@ -42,7 +42,7 @@ def test_unwritable_results_folder(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def _study_with(tmp_path: Path, states: list[optuna.trial.TrialState]) -> None:
-    from automl.study import open_study
+    from automl.search.study import open_study
 
     study = open_study(tmp_path, "s", None, create=True)
     for number, state in enumerate(states):

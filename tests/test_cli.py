@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from automl.cli import main
+from automl.data import pipeline
 
 SPACE = """\
 backbone: efficientnet_lite0
@@ -99,8 +100,8 @@ def test_export_reloads_and_reproduces_test_accuracy(run: dict[str, Path],
                                                      capsys: pytest.CaptureFixture) -> None:
     import tensorflow as tf
 
-    from automl.data import load_data
-    from automl.objective import scores
+    from automl.data.load import load_data
+    from automl.trial.run import scores
 
     out = run["root"] / "best_model"
     assert main(["export", "--results", str(run["results"]), "--out", str(out)]) == 0
@@ -112,7 +113,7 @@ def test_export_reloads_and_reproduces_test_accuracy(run: dict[str, Path],
 
     model = tf.saved_model.load(str(out))
     data = load_data(None)
-    images = np.stack(list(data.test.images(32).as_numpy_iterator()))
+    images = np.stack(list(pipeline.images(data.test, 32).as_numpy_iterator()))
     probs = model(tf.constant(images, tf.float32)).numpy()
     assert probs.shape == (len(images), 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
@@ -121,7 +122,7 @@ def test_export_reloads_and_reproduces_test_accuracy(run: dict[str, Path],
     # the .keras file (with automl's layers registered) predicts exactly what the SavedModel does
     import keras
 
-    import automl.layers  # noqa: F401 - registers Preprocess for deserialisation
+    import automl.trial.layers  # noqa: F401 - registers Preprocess for deserialisation
 
     in_process = keras.saving.load_model(str(out / "model.keras"))
     np.testing.assert_allclose(in_process.predict(images[:64].astype(np.float32), verbose=0),
@@ -138,10 +139,10 @@ def test_predict_prints_top_labels(run: dict[str, Path], tmp_path: Path,
     out = run["root"] / "best_model"
     if not out.exists():
         assert main(["export", "--results", str(run["results"]), "--out", str(out)]) == 0
-    from automl.data import load_data
+    from automl.data.load import load_data
 
     data = load_data(None)
-    image = next(data.test.images(28).as_numpy_iterator())
+    image = next(pipeline.images(data.test, 28).as_numpy_iterator())
     files = []
     for name in ("a.png", "b.jpg"):
         Image.fromarray(image).save(tmp_path / name)
@@ -211,7 +212,7 @@ def test_bad_space_stops_before_training_and_keeps_results(run: dict[str, Path],
 
 def test_export_of_an_empty_study_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture,
                                              ) -> None:
-    from automl.study import open_study
+    from automl.search.study import open_study
 
     open_study(tmp_path, "empty", None, create=True)
     assert main(["export", "--results", str(tmp_path), "--study", "empty", "--out",

@@ -28,7 +28,7 @@ def _classes(root: Path, names: tuple[str, ...], per_class: int = 6) -> Path:
 @pytest.fixture()
 def results(tmp_path: Path) -> Path:
     """An earlier study: study.db, a leaderboard and kept weights, whose bytes must not change."""
-    from automl.study import open_study
+    from automl.search.study import open_study
 
     root = tmp_path / "results"
     study = open_study(root, "default", None, create=True)
@@ -155,7 +155,7 @@ def test_undecodable_files_are_skipped_with_one_warning(tmp_path: Path,
     assert "notes.jpg" in warnings[0] and ".hidden" not in err
     board = (results / "default" / "leaderboard.csv").read_text(encoding="utf-8")
     assert "COMPLETE" in board
-    from automl.study import open_study
+    from automl.search.study import open_study
 
     names = open_study(results, "default", None, create=False).user_attrs["class_names"]
     assert names == ["snow leopard", "čáp"]

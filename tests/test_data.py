@@ -1,4 +1,4 @@
-"""Tests for automl.data: real files and arrays, no mocks."""
+"""Tests for automl.data.load: real files and arrays, no mocks."""
 
 from __future__ import annotations
 
@@ -19,16 +19,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from automl.data import (
-    SPLITS,
-    Datasets,
-    DataWarning,
-    describe_source,
-    load_data,
-    load_rgb_image,
-    resize_images,
-)
-from automl.data_sources import read_animal_mnist
+from automl.data import pipeline
+from automl.data.images import load_rgb_image, resize_images
+from automl.data.load import DataWarning, describe_source, load_data
+from automl.data.sources import read_animal_mnist
+from automl.data.splits import SPLITS, Datasets
 from automl.errors import DataError
 
 ANIMALS = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
@@ -90,35 +85,37 @@ def test_default_split_depends_on_seed(default):
 def test_default_images_cached_and_exact(default):
     split = default.test
     start = time.perf_counter()
-    ds = split.images(96)
+    ds = pipeline.images(split, 96)
     first = time.perf_counter() - start
     assert ds.element_spec.shape == (96, 96, 3) and ds.element_spec.dtype.name == "uint8"
     start = time.perf_counter()
-    again = split.images(96)
+    again = pipeline.images(split, 96)
     assert again is ds and time.perf_counter() - start < max(0.05, first / 5)
     images = _take(ds)
     assert images.shape == (len(split), 96, 96, 3)
     assert np.array_equal(images[..., 0], images[..., 2])  # grayscale -> RGB
     expected = resize_images(np.repeat(split.array[:5], 3, axis=-1), 96).numpy()
     assert np.array_equal(images[:5], expected)
-    assert split.images(32) is not ds and _take(split.images(32), 1).shape == (1, 32, 32, 3)
+    small = pipeline.images(split, 32)
+    assert small is not ds and _take(small, 1).shape == (1, 32, 32, 3)
 
 
 def test_dataset_batches_and_shuffles(default):
     split = default.validation
-    batches = list(split.dataset(32, 256))
+    batches = list(pipeline.dataset(split, 32, 256))
     assert batches[0][0].dtype.name == "float32" and batches[0][1].dtype.name == "int32"
     assert batches[0][0].shape == (256, 32, 32, 3) and float(batches[0][0].numpy().max()) <= 255
     assert np.array_equal(np.concatenate([b[1].numpy() for b in batches]), split.labels)
-    shuffled = split.dataset(32, 500, shuffle=True, seed=3)
+    shuffled = pipeline.dataset(split, 32, 500, shuffle=True, seed=3)
     epoch1 = np.concatenate([y.numpy() for _, y in shuffled])
     epoch2 = np.concatenate([y.numpy() for _, y in shuffled])
     assert sorted(epoch1) == sorted(split.labels) and not np.array_equal(epoch1, epoch2)
-    replay = np.concatenate([y.numpy() for _, y in split.dataset(32, 500, shuffle=True, seed=3)])
+    again = pipeline.dataset(split, 32, 500, shuffle=True, seed=3)
+    replay = np.concatenate([y.numpy() for _, y in again])
     assert np.array_equal(epoch1, replay)
     # images travel with their labels through the shuffle
-    x, y = next(iter(split.dataset(32, 8, shuffle=True, seed=3)))
-    reference = _take(split.images(32))
+    x, y = next(iter(pipeline.dataset(split, 32, 8, shuffle=True, seed=3)))
+    reference = _take(pipeline.images(split, 32))
     for image, label in zip(x.numpy(), y.numpy(), strict=True):
         match = np.flatnonzero((reference == image.astype(np.uint8)).all(axis=(1, 2, 3)))
         assert label in split.labels[match]
@@ -192,11 +189,11 @@ def test_class_folder_tree(tree):
         assert np.bincount(split.labels, minlength=3).min() >= 1
         for path, label in zip(split.paths, split.labels, strict=True):
             assert Path(path).relative_to(tree).parts[0] == data.class_names[label]
-        images = _take(split.images(24))
+        images = _take(pipeline.images(split, 24))
         assert images.shape == (len(split), 24, 24, 3) and images.dtype == np.uint8
         for path, image in zip(split.paths, images, strict=True):  # training == predict decoding
             assert np.array_equal(image, resize_images(load_rgb_image(path), 24).numpy())
-        assert split.images(24) is split.images(24)
+        assert pipeline.images(split, 24) is pipeline.images(split, 24)
     again, _ = _load_tree(tree)
     assert again.fingerprint == data.fingerprint and again.train.paths == data.train.paths
     other, _ = _load_tree(tree, seed=5)
@@ -271,8 +268,8 @@ def test_npz_with_given_splits(tmp_path):
     assert data.class_names == ["a", "b", "č c"] and data.source == str(path)
     assert [len(s) for s in data.splits().values()] == [12, 3, 6]
     assert np.array_equal(data.train.labels, y) and np.array_equal(data.train.array, x)
-    assert _take(data.test.images(8)).shape == (6, 8, 8, 3)
-    assert np.array_equal(_take(data.train.images(8)), x)  # same size: identity
+    assert _take(pipeline.images(data.test, 8)).shape == (6, 8, 8, 3)
+    assert np.array_equal(_take(pipeline.images(data.train, 8)), x)  # same size: identity
 
 
 def test_npz_split_from_train_onehot_float(tmp_path):
@@ -417,7 +414,7 @@ def test_keras_download_failure_is_clean(tmp_path):
     env = dict(os.environ, KERAS_HOME=str(tmp_path / "keras"), https_proxy="http://127.0.0.1:9",
                HTTPS_PROXY="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9",
                TF_CPP_MIN_LOG_LEVEL="3")
-    code = ("from automl.data import load_data\nfrom automl.errors import DataError\n"
+    code = ("from automl.data.load import load_data\nfrom automl.errors import DataError\n"
             "try:\n    load_data('mnist')\nexcept DataError as e:\n    print('DATAERROR', e)\n")
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""Tests for automl.features: the frozen-activation cache (memory LRU over a disk store)."""
+"""Tests for automl.trial.features: the frozen-activation cache (memory LRU over a disk store)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from automl.features import FeatureCache, FeatureKey
+from automl.trial.features import FeatureCache, FeatureKey
 
 KEY = FeatureKey(data="fp-abc", split="train", backbone="efficientnet_lite0",
                  weights="random:0", image_size=64, cut="pooled")

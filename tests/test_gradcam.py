@@ -7,10 +7,10 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from automl.backbones import REGISTRY  # noqa: E402
+from automl.backbones.registry import REGISTRY  # noqa: E402
 from automl.config import TrialConfig  # noqa: E402
-from automl.gradcam import MIN_SIDE, _backbone, grad_cam, target_layer  # noqa: E402
-from automl.model import build_model, reset_keras  # noqa: E402
+from automl.report.gradcam import MIN_SIDE, _backbone, grad_cam, target_layer  # noqa: E402
+from automl.trial.model import build_model, reset_keras  # noqa: E402
 
 FAMILIES = {}
 for _spec in REGISTRY.values():  # the smallest backbone of each family

@@ -10,9 +10,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from automl import heartbeat
-from automl.drivers.optuna_driver import _surplus, counts
-from automl.study import Heartbeat, open_study
+from automl.search import heartbeat
+from automl.search.drivers.optuna_driver import _surplus, counts
+from automl.search.study import Heartbeat, open_study
 
 BEAT = Heartbeat(interval=1, grace=1, max_retry=2)
 # these tests ask() directly, as our driver does (it filters Optuna's hint about optimize())
@@ -84,7 +84,7 @@ def test_pruning_kept_weights_spares_a_screened_trial_a_running_refinement_needs
         tmp_path: Path) -> None:
     import pandas as pd
 
-    from automl.search import _keep_best_weights
+    from automl.search.run import _keep_best_weights
 
     for number in range(4):
         (tmp_path / f"trial_{number:04d}").mkdir()
@@ -96,7 +96,7 @@ def test_pruning_kept_weights_spares_a_screened_trial_a_running_refinement_needs
 
 def test_heartbeat_flags_are_checked() -> None:
     from automl.errors import ConfigError
-    from automl.search import SearchRequest, validate
+    from automl.search.run import SearchRequest, validate
 
     with pytest.raises(ConfigError) as info:
         validate(SearchRequest(heartbeat=5, heartbeat_grace=5))

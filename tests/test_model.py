@@ -1,4 +1,4 @@
-"""Tests for automl.model, automl.layers and automl.train on a small EfficientNet-Lite0."""
+"""Tests for automl.trial.model, .layers and .train on a small EfficientNet-Lite0."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ tf = pytest.importorskip("tensorflow")
 
 from keras.applications import imagenet_utils  # noqa: E402
 
-from automl.backbones import get_spec  # noqa: E402
+from automl.backbones.build import build_backbone  # noqa: E402
+from automl.backbones.registry import get_spec  # noqa: E402
 from automl.config import TrialConfig  # noqa: E402
 from automl.errors import TrialFailed  # noqa: E402
-from automl.layers import Preprocess, augmentation_layers  # noqa: E402
-from automl.model import (  # noqa: E402
+from automl.trial.layers import Preprocess, augmentation_layers  # noqa: E402
+from automl.trial.model import (  # noqa: E402
     Cut,
     TransferModel,
     block_cuts,
@@ -26,7 +27,7 @@ from automl.model import (  # noqa: E402
     choose_cut,
     reset_keras,
 )
-from automl.train import Phase, TrainLog, train_two_phase  # noqa: E402
+from automl.trial.train import Phase, TrainLog, train_two_phase  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(  # keras get_weights on TF variables, numpy 2
     "ignore:__array__ implementation doesn.t accept a copy keyword:DeprecationWarning")
@@ -85,7 +86,7 @@ def flat2() -> TransferModel:
 @pytest.fixture(scope="module")
 def tm3_cuts() -> list[Cut]:
     reset_keras(0)
-    return block_cuts(SPEC.build((SIZE, SIZE, 3), None), SPEC.block_pattern)
+    return block_cuts(build_backbone(SPEC, (SIZE, SIZE, 3), None), SPEC.block_pattern)
 
 
 # --- structure
@@ -324,7 +325,7 @@ def trained() -> dict[str, object]:
     ImageNet weights (converted once per session): with random weights and batch norm frozen in
     inference mode the activations at the cut are ~1e-10 and phase 2 cannot move the top.
     """
-    from automl.lite import converted_weights
+    from automl.backbones.lite import converted_weights
 
     reset_keras(1)
     tm = build_model(_config(freeze_depth=0.8, head_width=8, dropout=0.0), SPEC, 2,

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from automl.backbones.weights import WeightsResolver
 from automl.config import RunConfig, TrialConfig
-from automl.data import load_data
-from automl.features import FeatureCache
-from automl.objective import SearchContext, run_trial
-from automl.weights import WeightsResolver
+from automl.data.load import load_data
+from automl.trial.features import FeatureCache
+from automl.trial.run import SearchContext, run_trial
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 from _tiny import tiny_npz
 
-from automl.progress import LineProgress, LiveProgress, SearchProgress, TrialEnd, make_progress
+from automl.search.progress import (
+    LineProgress,
+    LiveProgress,
+    SearchProgress,
+    TrialEnd,
+    make_progress,
+)
 
 PARAMS = {"backbone": "efficientnet_lite0", "image_size": 48, "learning_rate": 0.00123}
 ROW = {"epoch": 2, "phase": 1, "phase_epoch": 2, "loss": 0.5, "accuracy": 0.8,

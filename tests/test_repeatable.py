@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from automl.backbones.weights import WeightsResolver
 from automl.config import RunConfig, TrialConfig
-from automl.data import load_data
-from automl.features import FeatureCache
-from automl.objective import SearchContext, TrialResult, run_trial
-from automl.trainlog import TrainLog
-from automl.weights import WeightsResolver
+from automl.data import pipeline
+from automl.data.load import load_data
+from automl.trial.features import FeatureCache
+from automl.trial.run import SearchContext, TrialResult, run_trial
+from automl.trial.trainlog import TrainLog
 
 CONFIG = TrialConfig("efficientnet_lite0", 32, 0.98, 64, 0.2, 3e-3, "none")
 
@@ -26,7 +27,7 @@ def data(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - a Datasets
     arrays = {}
     for split, key in ((full.train, "train"), (full.validation, "val"), (full.test, "test")):
         keep = np.arange(len(split))[::5]
-        arrays[f"x_{key}"] = np.stack(list(split.images(28).as_numpy_iterator()))[keep]
+        arrays[f"x_{key}"] = np.stack(list(pipeline.images(split, 28).as_numpy_iterator()))[keep]
         arrays[f"y_{key}"] = split.labels[keep]
     path = tmp_path_factory.mktemp("data") / "animals.npz"
     np.savez(path, **arrays, class_names=np.array(full.class_names))

@@ -102,7 +102,7 @@ def test_images_are_of_the_right_kind(run: dict) -> None:
 
 
 def test_confusion_matrix_agrees_with_the_leaderboard(run: dict) -> None:
-    from automl.report import build_report
+    from automl.report.report import build_report
 
     report = build_report(run["results"], "default")
     best = run["board"][0]
@@ -178,7 +178,7 @@ def test_importances_of_small_studies_are_a_note(tmp_path: Path) -> None:
     """One complete trial, or trials whose parameters never differ: a note, no exception."""
     import optuna
 
-    from automl.report import importance_groups
+    from automl.report.report import importance_groups
 
     dist = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
     study = optuna.create_study(direction="maximize")
@@ -203,7 +203,7 @@ def test_importances_of_small_studies_are_a_note(tmp_path: Path) -> None:
 def test_missing_weights_leave_a_note_and_the_other_sections(run: dict, tmp_path: Path) -> None:
     import shutil
 
-    from automl.report import build_report
+    from automl.report.report import build_report
 
     results = tmp_path / "results"
     shutil.copytree(run["results"], results)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from automl.drivers.optuna_driver import (
+from automl.search.drivers.optuna_driver import (
     START_HEADS,
     enqueue_start_trials,
     plan,

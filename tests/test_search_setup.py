@@ -6,12 +6,12 @@ import logging
 
 import pytest
 
-from automl import weights
-from automl.backbones import get_spec
+from automl.backbones import weights
+from automl.backbones.registry import get_spec
+from automl.backbones.weights import WeightsResolver
 from automl.errors import ConfigError, WeightsError
-from automl.search import usable_backbones
+from automl.search.run import usable_backbones
 from automl.space import SearchSpace
-from automl.weights import WeightsResolver
 
 
 def _space(backbones: list[str], sizes: list[int] | None = None) -> SearchSpace:
@@ -80,7 +80,7 @@ def test_offline_probe_answers_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_keras_tuner_with_a_shared_storage_is_refused() -> None:
-    from automl.search import SearchRequest, validate
+    from automl.search.run import SearchRequest, validate
 
     req = SearchRequest(driver="keras-tuner", storage="postgresql://u:secret@db/automl")
     with pytest.raises(ConfigError) as err:

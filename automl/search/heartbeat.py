@@ -16,16 +16,25 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
-if TYPE_CHECKING:
-    from automl.study import Heartbeat
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Heartbeat settings of a worker: beat every ``interval`` s, stale after ``grace`` s."""
+
+    interval: int = 60
+    grace: int = 180
+    max_retry: int = 3
+
+
 
 log = logging.getLogger("automl")
 # what a retried trial takes over from the one it replaces (its schedule and configuration)

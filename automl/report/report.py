@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from automl import leaderboard, metrics
 from automl.atomic import write_atomic, write_text_atomic
 from automl.config import study_dir
+from automl.data import pipeline
 from automl.errors import AutoMLError, ConfigError
+from automl.report import metrics
+from automl.search import leaderboard
 from automl.space import DIMENSIONS
 
 log = logging.getLogger("automl")
@@ -86,7 +88,7 @@ class _Page:
                                         float_format=lambda v: f"{v:.4g}"))
 
     def image(self, key: str, fig: Any, alt: str) -> None:
-        from automl.plots import png
+        from automl.report.plots import png
 
         data = png(fig)
         path = write_atomic(self.folder / f"{key}.png", lambda p: p.write_bytes(data))
@@ -105,7 +107,7 @@ def build_report(results: Path, study_name: str, storage: str | None = None,
     import matplotlib
 
     matplotlib.use("Agg")
-    from automl.study import artifact_root, open_study, storage_url
+    from automl.search.study import artifact_root, open_study, storage_url
 
     study = open_study(Path(results), study_name, storage, create=False)
     root = artifact_root(results, study_name, artifacts, study, storage)
@@ -131,7 +133,7 @@ def build_report(results: Path, study_name: str, storage: str | None = None,
 
 
 def _display_url(url: str) -> str:
-    from automl.study import safe_url
+    from automl.search.study import safe_url
 
     return safe_url(url)
 
@@ -154,7 +156,7 @@ def _overview(page: _Page, study: Any, board: pd.DataFrame, done: pd.DataFrame) 
 
 
 def _history(page: _Page, board: pd.DataFrame) -> None:
-    from automl.plots import history_figure
+    from automl.report.plots import history_figure
 
     page.heading("Optimisation history")
     if board["val_accuracy"].notna().sum() == 0:
@@ -203,7 +205,7 @@ def importance_groups(study: Any) -> tuple[list[tuple[str, dict[str, float]]], l
 
 
 def _importances(page: _Page, study: Any) -> None:
-    from automl.plots import importance_figure
+    from automl.report.plots import importance_figure
 
     page.heading("Parameter importances (Optuna, fANOVA)")
     groups, notes = importance_groups(study)
@@ -214,7 +216,7 @@ def _importances(page: _Page, study: Any) -> None:
 
 
 def _dimensions(page: _Page, done: pd.DataFrame) -> None:
-    from automl.plots import dimensions_figure
+    from automl.report.plots import dimensions_figure
 
     page.heading("Validation accuracy against each search dimension")
     if done.empty:
@@ -226,7 +228,7 @@ def _dimensions(page: _Page, done: pd.DataFrame) -> None:
 
 def _best_trial(page: _Page, study: Any, board: pd.DataFrame, root: Path,
                 ) -> tuple[TestEvaluation | None, pd.DataFrame | None]:
-    from automl.plots import curves_figure
+    from automl.report.plots import curves_figure
 
     page.heading("Best trial: training curves")
     row = leaderboard.best_row(board)
@@ -266,7 +268,7 @@ def _short(value: Any) -> str:
 
 def study_data(study: Any) -> Any:
     """The study's data, loaded as the search loaded it (source, splits and seed recorded)."""
-    from automl.data import load_data
+    from automl.data.load import load_data
 
     meta = study.user_attrs.get("data") or {}
     return load_data(meta.get("data"), val_split=meta.get("val_split", 0.15),
@@ -278,8 +280,8 @@ def evaluate_test(study: Any, row: pd.Series, artifacts: Path,
     """Rebuild the trial's model from its kept weights and predict the test split."""
     import tensorflow as tf
 
-    from automl.export import build_trained
-    from automl.objective import weights_path
+    from automl.report.export import build_trained
+    from automl.trial.run import weights_path
 
     number = int(row["trial"])
     relative = study.trials[number].user_attrs.get("weights")
@@ -300,7 +302,7 @@ def evaluate_test(study: Any, row: pd.Series, artifacts: Path,
         recorded = None
     size = int(row["image_size"])
     tm = build_trained(row, class_names, weights)
-    batches = data.test.dataset(size, 256).map(lambda x, y: x).prefetch(tf.data.AUTOTUNE)
+    batches = pipeline.dataset(data.test, size, 256).map(lambda x, y: x).prefetch(tf.data.AUTOTUNE)
     probs = metrics.as_multiclass(tm.inference.predict(batches, verbose=0))
     labels = np.asarray(data.test.labels)
     cm = metrics.confusion_matrix(labels, probs.argmax(axis=1), len(class_names))
@@ -312,7 +314,7 @@ def _pick_images(split: Any, size: int, indices: list[int]) -> np.ndarray:
     """The test images at ``indices`` (model input size, uint8), in that order."""
     wanted = set(indices)
     found: dict[int, np.ndarray] = {}
-    for i, image in enumerate(split.images(size).as_numpy_iterator()):
+    for i, image in enumerate(pipeline.images(split, size).as_numpy_iterator()):
         if i in wanted:
             found[i] = image
             if len(found) == len(wanted):
@@ -322,8 +324,8 @@ def _pick_images(split: Any, size: int, indices: list[int]) -> np.ndarray:
 
 def _test_sections(page: _Page, test: TestEvaluation, model_and_split: Any, size: int,
                    row: pd.Series) -> pd.DataFrame:
-    from automl.gradcam import grad_cam
-    from automl.plots import confusion_figure, gallery_figure, gradcam_figure
+    from automl.report.gradcam import grad_cam
+    from automl.report.plots import confusion_figure, gallery_figure, gradcam_figure
 
     tm, split = model_and_split
     names = test.class_names

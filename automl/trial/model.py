@@ -15,9 +15,10 @@ from typing import Any
 
 import keras
 
-from automl.backbones import BackboneSpec
+from automl.backbones.build import build_backbone
+from automl.backbones.registry import BackboneSpec
 from automl.config import TrialConfig
-from automl.layers import Preprocess, augmentation_layers
+from automl.trial.layers import Preprocess, augmentation_layers
 
 
 def reset_keras(seed: int) -> None:
@@ -148,7 +149,7 @@ def build_model(config: TrialConfig, spec: BackboneSpec, n_classes: int,
                 weights: str | os.PathLike | None, seed: int = 0) -> TransferModel:
     """Build the transfer model of ``config`` (``weights``: None, "imagenet" or a file)."""
     size = config.image_size
-    backbone = spec.build((size, size, 3), weights)
+    backbone = build_backbone(spec, (size, size, 3), weights)
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False

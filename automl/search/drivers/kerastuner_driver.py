@@ -2,7 +2,7 @@
 
 keras-tuner's RandomSearch, BayesianOptimization and Hyperband oracles propose values in the
 space translated by ``kerastuner_space``; a thin ``kt.engine.base_tuner.BaseTuner`` turns each
-proposal into a TrialConfig and runs it through ``automl.objective.run_trial`` (the one builder
+proposal into a TrialConfig and runs it through ``automl.trial.run.run_trial`` (the one builder
 and training loop, with the frozen-activation cache). Every keras-tuner trial is also recorded
 as a trial of the study's Optuna storage, with the attributes the Optuna driver sets, so the
 leaderboard, export and predict do not know which driver ran. The keras-tuner project (oracle
@@ -29,8 +29,13 @@ from keras_tuner.engine.trial import TrialStatus
 
 from automl.atomic import write_text_atomic
 from automl.config import RunConfig, TrialConfig
-from automl.drivers.kerastuner_space import from_values, optuna_distributions, to_hyperparameters
-from automl.drivers.optuna_driver import (
+from automl.errors import ConfigError, DataError, TrialFailed, WeightsError
+from automl.search.drivers.kerastuner_space import (
+    from_values,
+    optuna_distributions,
+    to_hyperparameters,
+)
+from automl.search.drivers.optuna_driver import (
     MAX_CONSECUTIVE_FAILURES,
     SearchStopped,
     _fail,
@@ -39,10 +44,10 @@ from automl.drivers.optuna_driver import (
     _warm_start,
     finished_count,
 )
-from automl.errors import ConfigError, DataError, TrialFailed, WeightsError
-from automl.objective import SearchContext, execute, head_path
+from automl.search.runner import DriverContext, execute
 from automl.space import SearchSpace
-from automl.trainlog import TrainLog
+from automl.trial.result import head_path
+from automl.trial.trainlog import TrainLog
 
 log = logging.getLogger("automl")
 ALGORITHMS = ("random", "bayesian", "hyperband")
@@ -111,7 +116,7 @@ def make_oracle(algorithm: str, space: SearchSpace, run: RunConfig) -> kt.Oracle
 class AutoMLTuner(kt.engine.base_tuner.BaseTuner):
     """A keras-tuner tuner whose trials are automl trials, recorded in an Optuna study too."""
 
-    def __init__(self, algorithm: str, space: SearchSpace, ctx: SearchContext,
+    def __init__(self, algorithm: str, space: SearchSpace, ctx: DriverContext,
                  study: optuna.Study, project_dir: Path) -> None:
         self.algorithm, self.space, self.ctx, self.study = algorithm, space, ctx, study
         oracle = make_oracle(algorithm, space, ctx.run)
@@ -247,7 +252,7 @@ class AutoMLTuner(kt.engine.base_tuner.BaseTuner):
         self.study.enqueue_trial({k: params[k] for k in dists}, user_attrs=attrs)
         return self.study.ask(dists)
 
-    def _schedule(self, trial: Any, otrial: optuna.Trial) -> tuple[SearchContext, Any]:
+    def _schedule(self, trial: Any, otrial: optuna.Trial) -> tuple[DriverContext, Any]:
         """Hyperband: the trial's epoch budget and, where it helps, the head phase it reuses.
 
         A budget of b epochs trains min(b, --epochs) head epochs, then up to the rest as
@@ -334,7 +339,7 @@ def _hyperband_settings(oracle: kt.Oracle) -> tuple[Any, ...]:
     return (getattr(oracle, "max_epochs", None), getattr(oracle, "factor", None))
 
 
-def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, algorithm: str,
+def run(space: SearchSpace, ctx: DriverContext, study: optuna.Study, *, algorithm: str,
         n_trials: int, timeout: float | None,
         on_trial_end: Callable[[optuna.Study, Any], None], project_dir: Path) -> int:
     """Run keras-tuner's ``algorithm`` until ``n_trials`` are finished; return how many ran."""

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from automl.config import TrialConfig
+from automl.data import pipeline
 from automl.errors import ConfigError
 
 SERVING_NOTE = "serving_default: images [batch, height, width, 3] float32 0..255 -> probabilities"
@@ -60,8 +61,8 @@ def pick_trial(board: Any, trial: int | None) -> Any:
 
 def build_trained(row: Any, class_names: list[str], weights_file: Path) -> Any:
     """Rebuild a trial's inference model (same builder as the search) with its saved weights."""
-    from automl.backbones import get_spec
-    from automl.model import build_model, reset_keras
+    from automl.backbones.registry import get_spec
+    from automl.trial.model import build_model, reset_keras
 
     config = TrialConfig.from_params(row.to_dict())
     reset_keras(0)
@@ -111,7 +112,7 @@ def export_trial(row: Any, class_names: list[str], weights_file: Path, out: Path
     """
     import tensorflow as tf
 
-    from automl.objective import scores
+    from automl.trial.run import scores
 
     tm = build_trained(row, class_names, weights_file)
     size = int(row["image_size"])
@@ -190,7 +191,7 @@ def predict_files(model_dir: Path, files: list[str], top: int = 1) -> list[dict[
     """Top-``top`` labels and probabilities for each image file."""
     import tensorflow as tf
 
-    from automl.data import load_rgb_image
+    from automl.data.images import load_rgb_image
 
     model, labels = load_exported(model_dir)
     results = []
@@ -211,10 +212,10 @@ def export_study(results: Path, study_name: str, storage: str | None, trial: int
     ``<results>/<study>/trials``), so any machine that reaches the storage and that folder can
     export.
     """
-    from automl import leaderboard
-    from automl.data import load_data
-    from automl.objective import weights_path
-    from automl.study import artifact_root, open_study
+    from automl.data.load import load_data
+    from automl.search import leaderboard
+    from automl.search.study import artifact_root, open_study
+    from automl.trial.run import weights_path
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -243,7 +244,7 @@ def export_study(results: Path, study_name: str, storage: str | None, trial: int
     data = load_data(meta.get("data"), val_split=meta.get("val_split", 0.15),
                      test_split=meta.get("test_split", 0.15), seed=meta.get("seed", 0))
     size = int(row["image_size"])
-    val = np.stack(list(data.validation.images(size).take(check).as_numpy_iterator()))
+    val = np.stack(list(pipeline.images(data.validation, size).take(check).as_numpy_iterator()))
     test = None
     if data.fingerprint != meta.get("fingerprint"):
         import logging
@@ -254,5 +255,5 @@ def export_study(results: Path, study_name: str, storage: str | None, trial: int
         row = row.copy()
         row["test_accuracy"] = float("nan")
     if data.test is not None:
-        test = (data.test.dataset(size, 256), data.test.labels)
+        test = (pipeline.dataset(data.test, size, 256), data.test.labels)
     return export_trial(row, class_names, weights, out, val, test)

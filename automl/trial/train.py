@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from automl.errors import TrialFailed
-from automl.trainlog import Reporter, TrainLog
+from automl.trial.trainlog import Reporter, TrainLog
 
 #: Batches run per call into TensorFlow: same updates, far less Python overhead per small batch.
 STEPS_PER_EXECUTION = 16

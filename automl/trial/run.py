@@ -1,27 +1,33 @@
-"""One trial, shared by every driver: params -> config -> build -> train -> evaluate -> result."""
+"""One trial: config -> build -> train (cached activations or live images) -> evaluate -> result.
+
+Runs in the trial worker process (:mod:`automl.trial.serve`), or in the search process with
+``--in-process`` (:class:`InProcessRunner`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from automl.atomic import write_atomic
-from automl.backbones import get_spec
+from automl.backbones.registry import get_spec
+from automl.backbones.weights import WeightsResolver, WeightsSource
 from automl.config import RunConfig, TrialConfig
-from automl.data import Datasets, Split
+from automl.data import pipeline
+from automl.data.splits import Datasets, Split
 from automl.errors import AutoMLError, TrialFailed, WeightsError
-from automl.features import FeatureCache, FeatureKey
-from automl.trainlog import Reporter, TrainLog
-from automl.weights import WeightsResolver, WeightsSource
+from automl.trial.features import FeatureCache, FeatureKey
+from automl.trial.result import TrialResult, WarmStart, head_path, weights_path
+from automl.trial.trainlog import Reporter, TrainLog
 
 if TYPE_CHECKING:  # the search process never imports TensorFlow: only the trial worker does
-    from automl.model import TransferModel
-    from automl.train import Phase
+    from automl.trial.model import TransferModel
+    from automl.trial.train import Phase
 
 
 @dataclass
@@ -33,53 +39,27 @@ class SearchContext:
     resolver: WeightsResolver
     cache: FeatureCache
     trials_dir: Path
-    worker: Any = None   # automl.worker.TrialWorker: trials run in its process (None: here)
+    worker: Any = None   # automl.search.worker.TrialWorker: trials run in its process (None: here)
 
 
-@dataclass
-class TrialResult:
-    """What a finished trial reached (validation picks, test only reports)."""
+class InProcessRunner:
+    """Runs trials in this process (``--in-process``, tests): a TrialRunner without a worker."""
 
-    val_accuracy: float
-    val_loss: float
-    test_accuracy: float | None
-    epochs: int
-    best_phase: int
-    train_seconds: float
-    params: int
-    weights_file: str | None
-    cut: str
-    history: list[dict[str, float]] = field(default_factory=list)
+    memory = None    # no worker process whose memory to report
+    last_pid = None
 
+    def __init__(self, ctx: SearchContext) -> None:
+        self.ctx = ctx
 
-@dataclass(frozen=True)
-class WarmStart:
-    """A finished trial whose head phase a new trial of the same head configuration reuses."""
-
-    head_weights: Path
-    history: list[dict[str, float]]
-    val_loss: float
-
-
-def weights_path(trials_dir: Path, number: int) -> Path:
-    """Where trial ``number`` keeps its model weights."""
-    return trials_dir / f"trial_{number:04d}" / "model.weights.h5"
-
-
-def head_path(trials_dir: Path, number: int) -> Path:
-    """Where trial ``number`` keeps its head's weights (for warm starts)."""
-    return trials_dir / f"trial_{number:04d}" / "head.weights.h5"
-
-
-def execute(config: TrialConfig, ctx: SearchContext, number: int,
-            reporter: Reporter | None = None, log: TrainLog | None = None,
+    def run(self, config: TrialConfig, run: RunConfig, number: int,
+            reporter: Reporter | None, train_log: TrainLog,
             warm: WarmStart | None = None) -> TrialResult:
-    """Run a trial in the context's worker process when it has one (the drivers' entry),
-    else in this process; the same result and exceptions either way."""
-    if ctx.worker is None:
-        return run_trial(config, ctx, number, reporter, log, warm)
-    return ctx.worker.run(config, ctx.run, number, reporter,
-                          log if log is not None else TrainLog(), warm)
+        """``run_trial`` with this run's settings."""
+        return run_trial(config, dataclasses.replace(self.ctx, run=run), number, reporter,
+                         train_log, warm)
+
+    def stop(self, kill: bool = False) -> None:
+        """Nothing to stop."""
 
 
 def run_trial(config: TrialConfig, ctx: SearchContext, number: int,
@@ -90,8 +70,8 @@ def run_trial(config: TrialConfig, ctx: SearchContext, number: int,
     With ``warm`` (and no augmentation, which would change the head phase), the head phase is
     not run again: the earlier trial's head weights and epochs are taken over.
     """
-    from automl.model import build_model, count_params, reset_keras
-    from automl.train import train_two_phase
+    from automl.trial.model import build_model, count_params, reset_keras
+    from automl.trial.train import train_two_phase
 
     run = ctx.run
     log = log if log is not None else TrainLog()
@@ -150,7 +130,7 @@ class _Trainer:
         log.heavy = log.heavy or not cached  # live training runs the backbone every epoch
 
     def phase(self, number: int) -> Phase | None:
-        from automl.train import Phase
+        from automl.trial.train import Phase
 
         tm, run = self.tm, self.run
         lr = tm.config.learning_rate * (1.0 if number == 1 else run.fine_tune_lr_factor)
@@ -168,9 +148,9 @@ class _Trainer:
         else:
             model = tm.train_model()
             size = tm.config.image_size
-            train = self._labels(data.train.dataset(size, run.batch_size, shuffle=True,
+            train = self._labels(pipeline.dataset(data.train, size, run.batch_size, shuffle=True,
                                                     seed=run.seed))
-            val = self._labels(data.validation.dataset(size, run.batch_size))
+            val = self._labels(pipeline.dataset(data.validation, size, run.batch_size))
         return Phase(model, train, val, lr, epochs)
 
     def features(self, split: Split, at_cut: bool) -> np.ndarray:
@@ -197,7 +177,7 @@ class _Trainer:
             model = tm.top_model() if at_cut else tm.head
             probs = model.predict(self.features(split, at_cut), batch_size=256, verbose=0)
         else:
-            images = split.images(tm.config.image_size).batch(self.run.batch_size)
+            images = pipeline.images(split, tm.config.image_size).batch(self.run.batch_size)
             probs = tm.inference.predict(images, verbose=0)
         return scores(probs, split.labels)
 
@@ -226,7 +206,7 @@ def extract_features(model: Any, split: Split, size: int, batch_size: int) -> np
     """Run the frozen part over a split, batched, in the split's fixed order."""
     import tensorflow as tf
 
-    images = split.images(size).batch(batch_size).map(lambda x: tf.cast(x, tf.float32))
+    images = pipeline.images(split, size).batch(batch_size).map(lambda x: tf.cast(x, tf.float32))
     return model.predict(images.prefetch(tf.data.AUTOTUNE), verbose=0)
 
 

@@ -16,13 +16,14 @@ from typing import Any
 
 import optuna
 
-from automl import heartbeat
 from automl.config import TrialConfig
 from automl.errors import AutoMLError, ConfigError, DataError, TrialFailed, WeightsError
-from automl.objective import SearchContext, TrialResult, WarmStart, execute, head_path
-from automl.progress import SearchProgress
+from automl.search import heartbeat
+from automl.search.progress import SearchProgress
+from automl.search.runner import DriverContext, execute
 from automl.space import Categorical, Fixed, IntRange, Param, SearchSpace
-from automl.trainlog import TrainLog
+from automl.trial.result import TrialResult, WarmStart, head_path
+from automl.trial.trainlog import TrainLog
 
 log = logging.getLogger("automl")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -187,7 +188,7 @@ def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
     return ahead >= n_trials
 
 
-def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials: int,
+def run(space: SearchSpace, ctx: DriverContext, study: optuna.Study, *, n_trials: int,
         timeout: float | None, on_trial_end: Callable[[optuna.Study, Any], None],
         screen_fraction: float = 0.8, progress: SearchProgress | None = None,
         queue: list[tuple[dict[str, Any], str]] | None = None) -> int:
@@ -245,7 +246,7 @@ def run(space: SearchSpace, ctx: SearchContext, study: optuna.Study, *, n_trials
     return ran
 
 
-def _ask_and_run(space: SearchSpace, ctx: SearchContext, study: optuna.Study,
+def _ask_and_run(space: SearchSpace, ctx: DriverContext, study: optuna.Study,
                  trial: optuna.Trial, n_trials: int, screen_fraction: float,
                  on_trial_end: Callable[[optuna.Study, Any], None],
                  progress: SearchProgress) -> optuna.trial.TrialState:
@@ -272,7 +273,7 @@ def _ask_and_run(space: SearchSpace, ctx: SearchContext, study: optuna.Study,
         on_trial_end(study, study.get_trials(deepcopy=False)[trial.number])
 
 
-def _run_one(params: dict[str, Any], ctx: SearchContext, study: optuna.Study,
+def _run_one(params: dict[str, Any], ctx: DriverContext, study: optuna.Study,
              trial: optuna.Trial, progress: SearchProgress | None = None,
              ) -> optuna.trial.TrialState:
     """Run one asked trial and tell Optuna how it ended."""
@@ -317,16 +318,16 @@ def _run_one(params: dict[str, Any], ctx: SearchContext, study: optuna.Study,
     return optuna.trial.TrialState.COMPLETE
 
 
-def _note_memory(trial: optuna.Trial, ctx: SearchContext) -> None:
+def _note_memory(trial: optuna.Trial, ctx: DriverContext) -> None:
     """Record the trial worker's memory after the trial (how the benchmark sees it stay flat)."""
-    memory = getattr(ctx.worker, "memory", None)
+    memory = getattr(ctx.runner, "memory", None)
     if memory is not None:
-        trial.set_user_attr("worker_memory", {"pid": ctx.worker.last_pid,
+        trial.set_user_attr("worker_memory", {"pid": ctx.runner.last_pid,
                                               "rss_mb": round(memory.rss_mb, 1),
                                               "cache_mb": round(memory.cache_mb, 1)})
 
 
-def _warm_start(study: optuna.Study, trial: optuna.Trial, ctx: SearchContext,
+def _warm_start(study: optuna.Study, trial: optuna.Trial, ctx: DriverContext,
                 ) -> WarmStart | None:
     """A refinement trial reuses the head phase of the screened trial it refines."""
     base_number = trial.user_attrs.get("refines")

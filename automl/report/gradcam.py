@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from automl.model import TransferModel
+from automl.trial.model import TransferModel
 
 MIN_SIDE = 4  # cells a side the heatmap's feature map should have
 

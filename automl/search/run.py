@@ -10,15 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from automl.backbones import get_spec
+from automl.backbones.registry import get_spec
 from automl.config import RunConfig, study_dir
 from automl.errors import ConfigError, WeightsError
-from automl.progress import LineProgress, SearchProgress, TrialEnd
-from automl.space import SearchSpace
+from automl.search.progress import LineProgress, SearchProgress, TrialEnd
+from automl.space import SearchSpace, space_file
 
 log = logging.getLogger("automl")
 TPE_STARTUP_TRIALS = 10  # Optuna's default: random trials before TPE models the results
-DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 
 
 @dataclass(frozen=True)
@@ -43,11 +42,6 @@ class SearchRequest:
     driver: str = "optuna"           # or "keras-tuner"
     algorithm: str | None = None     # keras-tuner only: random, bayesian (default), hyperband
     in_process: bool = False         # run trials here instead of in a recycled worker process
-
-
-def default_space_file() -> Path:
-    """search_spaces/default.yaml of this checkout (or of the current directory)."""
-    return DEFAULT_SPACE if DEFAULT_SPACE.is_file() else Path("search_spaces") / "default.yaml"
 
 
 def validate(req: SearchRequest) -> None:
@@ -141,9 +135,9 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
     progress = progress if progress is not None else LineProgress(echo)
     echo = progress.note
     validate(req)
-    space = SearchSpace.from_file(req.space or default_space_file())
-    from automl.data import load_data
-    from automl.weights import WeightsResolver
+    space = SearchSpace.from_file(space_file(req.space))
+    from automl.backbones.weights import WeightsResolver
+    from automl.data.load import load_data
 
     resolver = WeightsResolver(req.run.weights, req.run.weights_dir, seed=req.run.seed)
     space, _ = usable_backbones(space, resolver)
@@ -152,11 +146,12 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
 
     import optuna
 
-    from automl import leaderboard
-    from automl.drivers import optuna_driver
-    from automl.features import FeatureCache
-    from automl.objective import SearchContext
-    from automl.study import Heartbeat, artifact_root, open_study, safe_url
+    from automl.search import leaderboard
+    from automl.search.drivers import optuna_driver
+    from automl.search.runner import DriverContext
+    from automl.search.study import Heartbeat, artifact_root, open_study, safe_url
+    from automl.trial.features import FeatureCache
+    from automl.trial.run import InProcessRunner, SearchContext
 
     folder = study_dir(req.results, req.study)
     beat = None if req.storage is None else Heartbeat(
@@ -189,11 +184,14 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
              "by a process that stopped")
     cache = FeatureCache(folder / "features" if req.run.feature_cache else None,
                          req.run.cache_memory_mb * 1024 * 1024)
-    ctx = SearchContext(data, req.run, resolver, cache, artifacts)
-    if not req.in_process:
-        from automl.worker import TrialWorker
+    trial_ctx = SearchContext(data, req.run, resolver, cache, artifacts)
+    if req.in_process:
+        runner = InProcessRunner(trial_ctx)
+    else:
+        from automl.search.worker import TrialWorker
 
-        ctx.worker = TrialWorker.for_context(ctx)
+        runner = TrialWorker.for_context(trial_ctx)
+    ctx = DriverContext(req.run, artifacts, runner)
     done = optuna_driver.finished_count(study)
     where = safe_url(req.storage) if req.storage else folder
     echo(f"study '{req.study}' in {where}: {done} of {req.trials} trials finished; data: "
@@ -214,7 +212,7 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
                                                    int(best["trial"])))
     try:
         if req.driver == "keras-tuner":
-            from automl.drivers import kerastuner_driver
+            from automl.search.drivers import kerastuner_driver
 
             kerastuner_driver.run(space, ctx, study, algorithm=req.algorithm or "bayesian",
                                   n_trials=req.trials, timeout=req.timeout,
@@ -225,8 +223,7 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
                               on_trial_end=on_trial_end, screen_fraction=req.screen_fraction,
                               progress=progress, queue=planned if created else [])
     finally:
-        if ctx.worker is not None:
-            ctx.worker.stop()  # idle after the last trial (Ctrl-C has killed it already)
+        runner.stop()  # idle after the last trial (Ctrl-C has killed it already)
         progress.close()
     board = leaderboard.from_study(study, artifacts)
     leaderboard.write_csv(board, folder / "leaderboard.csv")

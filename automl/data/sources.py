@@ -1,8 +1,8 @@
-"""Readers that turn a ``--data`` source into labelled pools of images (used by ``automl.data``).
+"""Readers that turn a ``--data`` source into labelled pools of images (for ``automl.data.load``).
 
 Each reader returns a :class:`RawData`: class names plus one :class:`Pool` per split the source
 provides itself ("train", and possibly "validation" / "test"). Pools hold either an in-memory
-uint8 array or a list of image files checked to be decodable. ``automl.data`` carves missing
+uint8 array or a list of image files checked to be decodable. ``automl.data.load`` carves missing
 splits out of "train" and wraps the pools in ``Split`` objects.
 
 Every problem with the user's data is raised as :class:`DataError`.
@@ -16,7 +16,7 @@ import importlib
 import importlib.util
 import os
 import pickle
-import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,32 +138,6 @@ def read_animal_mnist() -> RawData:
                         "`pip install --force-reinstall animal-mnist`.")
     return RawData(list(ANIMAL_MNIST_CLASSES),
                    {"train": array_pool("the Animal-MNIST images", x[..., None], y)})
-
-
-# ---------------------------------------------------------------------------- keras.datasets
-
-def read_keras_dataset(name: str) -> RawData:
-    """cifar10 / cifar100 / mnist / fashion_mnist via keras (downloads once, then cached)."""
-    import keras
-
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(30)  # urlretrieve has no timeout of its own: never hang forever
-    try:
-        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
-    except Exception as exc:
-        raise DataError(f"Downloading the '{name}' dataset with keras.datasets failed ({exc}). "
-                        "It needs internet access the first time; offline, pass --data with a "
-                        "folder of class sub-folders or an .npz file instead.") from exc
-    finally:
-        socket.setdefaulttimeout(previous)
-
-    def to_images(x: np.ndarray) -> np.ndarray:
-        return x[..., None] if x.ndim == 3 else x
-
-    return RawData(list(KERAS_DATASETS[name]), {
-        "train": array_pool(f"{name} training images", to_images(x_train), y_train.reshape(-1)),
-        "test": array_pool(f"{name} test images", to_images(x_test), y_test.reshape(-1)),
-    })
 
 
 # ------------------------------------------------------------------------------------- .npz
@@ -351,8 +325,15 @@ def _image_files(class_dir: Path) -> list[tuple[str, str]]:
     return out
 
 
-def read_directory(root: Path) -> RawData:
-    """Class sub-folders, or train/ + validation/ (or val/) [+ test/] each holding class folders."""
+FileCheck = Callable[[list[str]], tuple[list[bool], list[bool]]]
+
+
+def read_directory(root: Path, check_image_files: FileCheck) -> RawData:
+    """Class sub-folders, or train/ + validation/ (or val/) [+ test/] each holding class folders.
+
+    ``check_image_files`` says which files decode and which need PIL
+    (:func:`automl.data.images.check_image_files` decodes them as the pipelines will).
+    """
     subdirs = _subdirs(root)
     if not subdirs:
         has_images = bool(_image_files(root))
@@ -445,77 +426,3 @@ def _pil_ok(path: str) -> bool:
         return True
     except Exception:
         return False
-
-
-def load_rgb_image(path: str | os.PathLike) -> np.ndarray:
-    """One image file as uint8 HxWx3 RGB, decoded exactly as the training pipelines decode it."""
-    p = os.fspath(path)
-    try:
-        with open(p, "rb") as fh:
-            contents = fh.read()
-    except OSError as exc:
-        raise DataError(f"Image '{p}' cannot be read ({exc}).") from exc
-    if contents and not _needs_pil(contents[:32]):
-        try:
-            import tensorflow as tf
-
-            return tf_decode(tf.constant(contents)).numpy()
-        except Exception:
-            pass  # PIL below reads what TensorFlow cannot
-    try:
-        return pil_rgb(p)
-    except Exception as exc:
-        raise DataError(f"Image '{p}' cannot be decoded ({type(exc).__name__}: {exc}); expected "
-                        "a JPEG, PNG, BMP or GIF file.") from exc
-
-
-def tf_decode(contents):
-    """TensorFlow decode used by the input pipelines: uint8 HxWx3, first frame of a GIF."""
-    import tensorflow as tf
-
-    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return image
-
-
-def check_image_files(paths: list[str]) -> tuple[list[bool], list[bool]]:
-    """Which files decode (all of them are decoded once, in parallel), and which need PIL.
-
-    TensorFlow does the decoding that the pipelines will do (JPEGs at 1/8 scale, which still
-    reads all their data, so truncation is caught); files TensorFlow rejects get a second
-    chance with PIL.
-    """
-    import tensorflow as tf
-
-    ok, use_pil = [True] * len(paths), [False] * len(paths)
-    for i, p in enumerate(paths):
-        try:
-            with open(p, "rb") as fh:
-                header = fh.read(32)
-        except OSError:
-            header = b""
-        if not header:
-            ok[i] = False
-        elif _needs_pil(header):
-            use_pil[i] = True
-            ok[i] = _pil_ok(p)
-    todo = [i for i in range(len(paths)) if ok[i] and not use_pil[i]]
-    if not todo:
-        return ok, use_pil
-
-    def probe(index, path):
-        contents = tf.io.read_file(path)
-        shape = tf.cond(tf.io.is_jpeg(contents),
-                        lambda: tf.shape(tf.io.decode_jpeg(contents, channels=3, ratio=8)),
-                        lambda: tf.shape(tf_decode(contents)))
-        return index, shape
-
-    ds = tf.data.Dataset.from_tensor_slices((np.asarray(todo, np.int64),
-                                             [os.fsencode(paths[i]) for i in todo]))
-    ds = ds.map(probe, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
-    decoded = {int(i) for i, _ in ds.as_numpy_iterator()}
-    for i in todo:
-        if i not in decoded:
-            ok[i] = _pil_ok(paths[i])
-            use_pil[i] = ok[i]
-    return ok, use_pil

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from automl.backbones import REGISTRY
+from automl.backbones.registry import REGISTRY
+from automl.backbones.weights import WeightsResolver
 from automl.errors import WeightsError
 from automl.paths import keras_models_dir
-from automl.weights import WeightsResolver
 
 
 def backbones_table(weights_dir: str | None = None) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 ``--storage`` may also name a database server (``postgresql://...``, ``mysql+pymysql://...``) or
 an Optuna journal file (``journal:PATH``, or a path ending in ``.log``/``.journal``) that several
 workers share. Shared storages get heartbeats: a trial whose worker stops beating for the grace
-period is marked failed and queued again (see ``automl.heartbeat``).
+period is marked failed and queued again (see ``automl.search.heartbeat``).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from automl.errors import ConfigError
+from automl.search.heartbeat import Heartbeat, HeartbeatJournalStorage, retry_callback_kwargs
 
 log = logging.getLogger("automl")
 JOURNAL_SUFFIXES = (".log", ".journal")
@@ -23,15 +23,6 @@ JOURNAL_SUFFIXES = (".log", ".journal")
 _DRIVERS = {"psycopg2": "psycopg2-binary", "psycopg": "psycopg[binary]", "pg8000": "pg8000",
             "mysqldb": "mysqlclient", "pymysql": "pymysql",
             "mysqlconnector": "mysql-connector-python", "asyncpg": "asyncpg"}
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    """Heartbeat settings of a worker: beat every ``interval`` s, stale after ``grace`` s."""
-
-    interval: int = 60
-    grace: int = 180
-    max_retry: int = 3
 
 
 def storage_url(results: Path, study: str, storage: str | None) -> str:
@@ -107,7 +98,6 @@ def _driver(url: str) -> str | None:
 
 
 def _open_journal(path: Path, heartbeat: Heartbeat | None) -> Any:
-    from automl.heartbeat import HeartbeatJournalStorage
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +120,6 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None) -> Any:
 
     kwargs: dict[str, Any] = {}
     if heartbeat is not None:
-        from automl.heartbeat import retry_callback_kwargs
 
         kwargs = {"heartbeat_interval": heartbeat.interval, "grace_period": heartbeat.grace,
                   **retry_callback_kwargs(heartbeat.max_retry)}
