@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--test-split", type=float, default=0.15)
     s.add_argument("--no-feature-cache", action="store_true",
                    help="run the frozen backbone live in every epoch (slow; for comparison)")
+    s.add_argument("--augment-views", type=int, default=4, metavar="K",
+                   help="cached augmented views per training image for light/heavy "
+                   "augmentation (flip always uses its 2 exact views); 0 runs augmentation live "
+                   "through the backbone in every epoch (default: 4)")
     s.add_argument("--cache-memory", type=int, default=2048, metavar="MB",
                    help="memory for cached backbone activations")
     s.add_argument("--in-process", action="store_true",
@@ -74,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export the best (or a given) trial as a SavedModel")
     _study_args(e)
     e.add_argument("--trial", type=int, help="trial number (default: the best)")
+    e.add_argument("--data", help="the study's data where it is now, if it moved since the "
+                   "search (default: where the search read it)")
     e.add_argument("--out", required=True, help="output folder")
 
     pr = sub.add_parser("predict", help="classify image files with an exported model")
@@ -85,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="write results/<study>/report.html (plots, test metrics, "
                        "Grad-CAM) and its PNGs")
     _study_args(r)
+    r.add_argument("--data", help="the study's data where it is now, if it moved since the "
+                   "search (default: where the search read it)")
 
     b = sub.add_parser("backbones", help="list the backbones and where their weights come from")
     b.add_argument("--weights-dir", help="folder of Keras weights files to consider")
@@ -113,17 +121,11 @@ def cmd_search(a: argparse.Namespace) -> int:
     run = RunConfig(epochs=a.epochs, fine_tune_epochs=a.fine_tune_epochs,
                     batch_size=a.batch_size, seed=a.seed, feature_cache=not a.no_feature_cache,
                     cache_memory_mb=a.cache_memory, keep_weights=a.keep_weights,
-                    weights=a.weights, weights_dir=a.weights_dir)
-    if a.driver != "optuna":
-        for flag, value in (("--pruner", a.pruner), ("--screen-fraction", a.screen_fraction)):
-            if value is not None:
-                raise ConfigError(f"{flag} applies to --driver optuna only; keras-tuner's "
-                                  "algorithms schedule trials themselves (--algorithm hyperband "
-                                  "stops weak configurations early).")
+                    weights=a.weights, weights_dir=a.weights_dir, augment_views=a.augment_views)
+    # unset --pruner / --screen-fraction stay None: validate() refuses them with keras-tuner
     req = SearchRequest(space=a.space, data=a.data, results=a.results, study=a.study,
                         storage=a.storage, trials=a.trials, timeout=a.timeout,
-                        pruner=a.pruner or "median",
-                        screen_fraction=0.8 if a.screen_fraction is None else a.screen_fraction,
+                        pruner=a.pruner, screen_fraction=a.screen_fraction,
                         val_split=a.val_split, test_split=a.test_split, run=run,
                         artifacts=a.artifacts, heartbeat=a.heartbeat,
                         heartbeat_grace=a.heartbeat_grace, driver=a.driver,
@@ -177,7 +179,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from automl.report.export import export_study
 
     report = export_study(Path(a.results), a.study, a.storage, a.trial, Path(a.out),
-                          artifacts=a.artifacts)
+                          artifacts=a.artifacts, data=a.data)
     test = ""
     if report.reloaded_test_accuracy is not None:
         test = (f", test accuracy {report.reloaded_test_accuracy:.4f} reloaded"
@@ -211,7 +213,7 @@ def cmd_backbones(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from automl.report.report import build_report
 
-    report = build_report(Path(a.results), a.study, a.storage, a.artifacts)
+    report = build_report(Path(a.results), a.study, a.storage, a.artifacts, a.data)
     for text in report.notes:
         print(f"note: {text}")
     if report.test is not None:

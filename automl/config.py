@@ -52,6 +52,9 @@ class RunConfig:
     patience: int = 3                # early stopping on validation loss
     fine_tune_lr_factor: float = 0.1
     feature_cache: bool = True
+    augment_views: int = 4           # cached augmented views per training image (0: live)
+    cut_depths: tuple[float, ...] = ()  # the space's freeze depths below 1: their activations
+                                        # are cached in the same pass as the pooled ones
     cache_memory_mb: int = 2048
     keep_weights: int = 5            # weights of the best N trials are kept on disk
     weights: str | None = None       # --weights: "none", a file, or None for the resolver

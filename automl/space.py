@@ -216,28 +216,46 @@ class SearchSpace:
         """
         return {name: _start_value(p, DEFAULTS[name]) for name, p in self.params.items()}
 
+    def cut_depths(self) -> tuple[float, ...]:
+        """The freeze depths below 1 this space can ask for (none for a range).
+
+        >>> SearchSpace.from_dict({"freeze_depth": {"choices": [1.0, 0.9, 0.8]}}).cut_depths()
+        (0.8, 0.9)
+        """
+        freeze = self.params["freeze_depth"]
+        if not isinstance(freeze, Fixed | Categorical):
+            return ()
+        return tuple(sorted(float(d) for d in freeze.values() if d < 1.0))
+
     def refinement(self) -> dict[str, Param]:
         """The expensive dimensions explored on top of the best screened configurations.
 
-        freeze_depth without its most frozen value (so: fine-tuning), and augmentation; when
-        freeze_depth cannot change, augmentation without "none". Empty when the space has
-        nothing beyond the cheap rung.
+        With a list of freeze depths and of augmentations: one dimension ``variant``, every
+        ``"<freeze_depth>+<augmentation>"`` pair except the screening rung's own (which would
+        repeat the screened trial), so TPE chooses fine-tuning, augmentation or both, e.g.
+        ``"1+flip"`` (augmentation on the frozen backbone) or ``"0.9+none"`` (fine-tuning).
+        With a freeze-depth range: freeze_depth without its most frozen end, and augmentation.
+        Empty when the space has nothing beyond the cheap rung.
+
+        >>> space = SearchSpace.from_dict({"freeze_depth": {"choices": [1.0, 0.9]},
+        ...                                "augmentation": {"choices": ["none", "flip"]}})
+        >>> space.refinement()["variant"].choices
+        ('1+flip', '0.9+none', '0.9+flip')
         """
         if self.screening() == self:
             return {}
         freeze, aug = self.params["freeze_depth"], self.params["augmentation"]
-        if isinstance(freeze, Categorical) and len(freeze.choices) > 1:
-            top = max(freeze.choices)
-            kept = tuple(c for c in freeze.choices if c != top)
-            freeze = Fixed("freeze_depth", kept[0]) if len(kept) == 1 else Categorical(
-                "freeze_depth", kept)
-        elif isinstance(freeze, FloatRange) and freeze.low < freeze.high:
+        if isinstance(freeze, Fixed | Categorical) and isinstance(aug, Fixed | Categorical):
+            cheap = self.screening()
+            top, rung_aug = cheap.params["freeze_depth"].value, cheap.params["augmentation"]
+            screened = rung_aug.values()  # augmentations the screening rung already samples
+            pairs = [variant_name(f, a) for f in freeze.values() for a in aug.values()
+                     if not (f == top and a in screened)]
+            return {"variant": Fixed("variant", pairs[0]) if len(pairs) == 1
+                    else Categorical("variant", tuple(pairs))}
+        if isinstance(freeze, FloatRange) and freeze.low < freeze.high:
             high = freeze.low + 0.95 * (freeze.high - freeze.low)
             freeze = FloatRange("freeze_depth", freeze.low, high, None, freeze.log)
-        elif isinstance(aug, Categorical):
-            kept = tuple(c for c in aug.choices if c != "none")
-            aug = Fixed("augmentation", kept[0]) if len(kept) == 1 else Categorical(
-                "augmentation", kept)
         return {"freeze_depth": freeze, "augmentation": aug}
 
     def restrict_backbones(self, keep: list[str]) -> SearchSpace:
@@ -357,3 +375,18 @@ def _check_value(source: str, key: str, value: Any) -> None:
     if bad:
         raise ConfigError(f"{where}: {value!r} is not allowed; expected "
                           f"{DIMENSIONS[key][1]}.")
+
+
+def variant_name(freeze_depth: float, augmentation: str) -> str:
+    """A refinement variant's name: ``"0.9+flip"``."""
+    return f"{freeze_depth:g}+{augmentation}"
+
+
+def parse_variant(name: str) -> dict[str, Any]:
+    """The freeze depth and augmentation of a refinement variant.
+
+    >>> parse_variant("0.9+flip")
+    {'freeze_depth': 0.9, 'augmentation': 'flip'}
+    """
+    freeze, _, augmentation = name.partition("+")
+    return {"freeze_depth": float(freeze), "augmentation": augmentation}

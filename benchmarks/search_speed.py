@@ -4,16 +4,33 @@ Contenders, each in its own child process (so peak RSS and TensorFlow state are 
 
   a  ``automl search`` as shipped: frozen-activation cache, median pruner, staged schedule,
      trials in a worker process that is replaced when its memory grows (RSS is measured over
-     the search process and its worker together)
+     the search process and its worker together). From its study the report also takes the
+     cost of each trial kind (``TrialResult.kind``: extraction, view extraction, fine-tuning,
+     augmented head, head; pruned/failed trials have no result): count, median and total wall
+     seconds; a head trial's cycle from ask to the next ask (after its leaderboard row); the
+     time to the first finished trial; which trials trained an augmented or a fine-tuning phase
+     for 2 epochs or more; and the size of the study's ``features/`` folder
   b  the same search with both switched off (``--no-feature-cache --pruner none``)
   c  a naive keras-tuner RandomSearch over the same space that builds and fits the whole model
      per trial, the way a user writes it by hand
   d  the fixed seed recipe: frozen backbone, Dense(256), Dropout(0.5), RMSprop 2e-5, 30 epochs
      (the notebook's fast feature extraction: the conv base runs once, the head trains 30 epochs)
+  views      augmentation on cached views against live augmentation: (a)'s best configuration
+     with augmentation ``light``, trained in process (``run_trial``) on 4 cached views with a
+     cold cache (the views' extraction included), again with the views cached (read back from
+     disk, as a new trial worker does), and live (``--augment-views 0``); same seed
+  finetune   one fine-tuning epoch (the training loop's ``_Engine`` on the activations at the
+     cut) against one forward pass of the same top over the same activations
+  ablation   (a)'s best configuration with and without its augmentation and with and without
+     fine-tuning (``flip`` / freeze depth 0.9 when it has neither): 4 trials in process, one
+     shared activation cache, a 2x2 table of test (and validation) accuracy
+  throughput feature extraction against the backbone's bare ``predict``, images per second
 
-b and c are given the wall time (a) took (``--budget`` overrides): a fair "same time" race, and
-the only way to finish today (their full 50 trials take hours on a CPU). It also measures feature
-extraction against the backbone's bare ``predict`` throughput.
+views, finetune and ablation start from (a)'s best finished configuration (from this run, or
+from ``a.json`` of an earlier run in the same ``--workdir``; without either, EfficientNet-Lite0
+at 96 px, freeze 1.0, Dense(128), dropout 0.2, learning rate 1e-3). b and c are given the wall
+time (a) took (``--budget`` overrides): a fair "same time" race, and the only way to finish
+today (their full 50 trials take hours on a CPU).
 
     python benchmarks/search_speed.py                 # the embedded default, 50 trials
     python benchmarks/search_speed.py --trials 8 --budget 120 --contenders a,c,d   # a quick look
@@ -27,6 +44,8 @@ import os
 import platform
 import re
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,10 +53,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+STARTED = time.time()  # this process's start (a child's: as ``automl search`` would start)
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SEED_RECIPE = {"head_width": 256, "dropout": 0.5, "learning_rate": 2e-5, "epochs": 30,
                "batch_size": 20}
+#: views, finetune and ablation start from this when no (a) has run (the space's start point)
+FALLBACK_CONFIG = {"backbone": "efficientnet_lite0", "image_size": 96, "freeze_depth": 1.0,
+                   "head_width": 128, "dropout": 0.2, "learning_rate": 1e-3,
+                   "augmentation": "none"}
+#: the order of trial kinds in the report (automl.trial.run.trial_kind), then any other
+KINDS = ["extraction", "view extraction", "fine-tuning", "augmented head", "head", "live",
+         "pruned/failed"]
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -89,10 +116,11 @@ def time_to_reach(timeline: list[tuple[float, float]], target: float) -> float |
 def contender_search(args: argparse.Namespace, cached: bool) -> dict[str, Any]:
     """(a) or (b): automl's own search, in process, timed per trial."""
     from automl.config import RunConfig
+    from automl.search.record import TrialRecord
     from automl.search.run import SearchRequest, run_search
 
     results = Path(args.workdir) / ("a" if cached else "b")
-    run = RunConfig(seed=args.seed, feature_cache=cached)
+    run = RunConfig(seed=args.seed, feature_cache=cached, batch_size=args.batch_size)
     req = SearchRequest(space=args.space, data=args.data, results=str(results), study="bench",
                         trials=args.trials, timeout=None if cached else args.budget,
                         pruner="median" if cached else "none",
@@ -123,13 +151,94 @@ def contender_search(args: argparse.Namespace, cached: bool) -> dict[str, Any]:
             timeline.append((at, float(t.value)))
             if t.value > best_val:
                 best_val = float(t.value)
-                best_test = (t.user_attrs.get("result") or {}).get("test_accuracy")
-    worker = [t.user_attrs.get("worker_memory") for t in study.trials
-              if t.user_attrs.get("worker_memory")]
+                best_test = TrialRecord.of(t).result.get("test_accuracy")
+    records = [TrialRecord.of(t) for t in study.trials]
+    worker = [rec.worker_memory for rec in records if rec.worker_memory]
     return {"wall": wall, "trials": finished, "timeline": timeline, "best_val": best_val,
             "best_test": best_test, "rss_per_trial": rss, "worker_per_trial": worker,
             "own_per_trial": own,
+            "costs": study_costs(study, t0, results / "bench" / "features"),
+            "best": best_trial(study),
             "peak_rss": peak_rss_mb()}
+
+
+def best_trial(study: Any) -> dict[str, Any] | None:
+    """The best COMPLETE trial: number, configuration, accuracies, whether it fine-tuned."""
+    from automl.search.record import TrialRecord
+
+    complete = [t for t in study.trials if t.state.name == "COMPLETE" and t.value is not None]
+    if not complete:
+        return None
+    best = max(complete, key=lambda t: (float(t.value), -t.number))
+    rec = TrialRecord.of(best)
+    return {"number": best.number, "config": rec.config, "val": float(best.value),
+            "test": rec.result.get("test_accuracy"), "kind": rec.result.get("kind"),
+            "fine_tuned": any(row.get("phase") == 2 for row in rec.history)}
+
+
+def du_mb(folder: Path) -> tuple[float, int]:
+    """Disk use of a folder (as ``du``: allocated blocks) in MB, and its number of files."""
+    total, files = 0, 0
+    for path in folder.rglob("*") if folder.is_dir() else []:
+        if path.is_file():
+            total += path.stat().st_blocks * 512
+            files += 1
+    return total / 2**20, files
+
+
+def study_costs(study: Any, t0: float, features: Path) -> dict[str, Any]:
+    """What each kind of trial cost in a finished study, read through TrialRecord only.
+
+    Wall seconds are Optuna's ``datetime_complete - datetime_start``. A head trial's cycle runs
+    from its ``datetime_start`` to the next trial's: the search writes the leaderboard row
+    before it asks for the next trial, so that interval is ask -> leaderboard row (and the
+    next ask).
+    """
+    from automl.search.record import TrialRecord
+
+    trials = sorted(study.trials, key=lambda t: t.number)
+    starts = {t.number: t.datetime_start for t in trials if t.datetime_start is not None}
+    kinds: dict[str, list[float]] = {}
+    states: dict[str, int] = {}
+    head_cycles: list[float] = []
+    phased: list[dict[str, Any]] = []
+    for t in trials:
+        rec = TrialRecord.of(t)
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+        kind = (rec.result.get("kind") or "unrecorded") if rec.result else "pruned/failed"
+        if t.datetime_start is not None and t.datetime_complete is not None:
+            seconds = (t.datetime_complete - t.datetime_start).total_seconds()
+            kinds.setdefault(kind, []).append(seconds)
+        if (t.state.name == "COMPLETE" and kind == "head" and t.datetime_start is not None
+                and t.number + 1 in starts):
+            head_cycles.append((starts[t.number + 1] - t.datetime_start).total_seconds())
+        policy = str(rec.config.get("augmentation", "none"))
+        # phase-1 rows of an augmented trial are its own: only a trial without augmentation
+        # takes over an earlier trial's head phase (a warm start)
+        phase1 = sum(1 for row in rec.history if row.get("phase") == 1)
+        phase2 = sum(1 for row in rec.history if row.get("phase") == 2)
+        augmented = policy != "none" and (phase1 >= 2 or phase2 >= 2)
+        tuned = phase2 >= 2
+        if augmented or tuned:
+            phased.append({"number": t.number, "state": t.state.name, "augmentation": policy,
+                           "augmented": augmented, "fine_tuned": tuned,
+                           "freeze_depth": rec.config.get("freeze_depth")})
+    complete = [t for t in trials if t.state.name == "COMPLETE" and t.datetime_complete]
+    first = min(complete, key=lambda t: t.datetime_complete) if complete else None
+    size_mb, files = du_mb(features)
+    return {
+        "kinds": {k: {"count": len(v), "median": statistics.median(v), "total": sum(v)}
+                  for k, v in kinds.items()},
+        "states": states,
+        "head_cycle_median": statistics.median(head_cycles) if head_cycles else None,
+        "head_cycles": len(head_cycles),
+        "first_complete": None if first is None else {
+            "number": first.number, "val": float(first.value),
+            "from_process": first.datetime_complete.timestamp() - STARTED,
+            "from_search": first.datetime_complete.timestamp() - t0},
+        "phased": phased,
+        "features_mb": size_mb, "features_files": files, "features_dir": str(features),
+    }
 
 
 def _naive_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -348,22 +457,217 @@ def contender_throughput(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows, "peak_rss": peak_rss_mb()}
 
 
+# --------------------------------------------------------------- one configuration, in process
+
+def _base(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration views, finetune and ablation start from (see ``base_config``)."""
+    base = json.loads(args.base) if args.base else {}
+    return {"config": dict(base.get("config") or FALLBACK_CONFIG),
+            "source": base.get("source", "fallback"), "fine_tuned": base.get("fine_tuned", False)}
+
+
+def _trial_setup(args: argparse.Namespace, config: Any) -> tuple[Any, Any, Any, Any]:
+    """What in-process trials share: (space, data, weights resolver, RunConfig).
+
+    The backbone's weights are found (and converted) and TensorFlow is started before any
+    timing, as a trial worker has them before its trials.
+    """
+    import tensorflow  # noqa: F401  (started before the clock)
+
+    from automl.backbones.registry import get_spec
+    from automl.backbones.weights import WeightsResolver
+    from automl.config import RunConfig
+
+    space, data = _naive_inputs(args)
+    resolver = WeightsResolver(seed=args.seed)
+    resolver.resolve(get_spec(config.backbone), config.image_size)
+    run = RunConfig(seed=args.seed, batch_size=args.batch_size, cut_depths=space.cut_depths())
+    return space, data, resolver, run
+
+
+def _timed_trial(config: Any, ctx: Any) -> dict[str, Any]:
+    """One in-process trial (number 0: every variant gets the same initial head weights)."""
+    from automl.trial.run import run_trial
+
+    start = time.monotonic()
+    result = run_trial(config, ctx, 0)
+    return {"seconds": time.monotonic() - start, "val": result.val_accuracy,
+            "test": result.test_accuracy, "kind": result.kind, "epochs": result.epochs,
+            "best_phase": result.best_phase,
+            "phase2_epochs": sum(1 for row in result.history if row.get("phase") == 2)}
+
+
+def _describe(config: dict[str, Any]) -> str:
+    return (f"{config['backbone']} {config['image_size']}px, freeze {config['freeze_depth']}, "
+            f"head {config['head_width']}, dropout {config['dropout']:.2f}, "
+            f"lr {config['learning_rate']:.2g}, augmentation {config['augmentation']}")
+
+
+def contender_views(args: argparse.Namespace) -> dict[str, Any]:
+    """Cached augmented views (cold, then reused) against live augmentation, one configuration."""
+    import dataclasses
+
+    from automl.config import TrialConfig
+    from automl.trial.features import FeatureCache
+    from automl.trial.run import SearchContext
+
+    base = _base(args)
+    config = dataclasses.replace(TrialConfig.from_params(base["config"]), augmentation="light")
+    space, data, resolver, run = _trial_setup(args, config)
+    run = dataclasses.replace(run, augment_views=4)
+    root = Path(args.workdir) / "views"
+    shutil.rmtree(root, ignore_errors=True)  # a cold cache: nothing extracted yet
+    limit = run.cache_memory_mb * 2**20
+    rows: dict[str, dict[str, Any]] = {}
+    # the reuse gets a new cache over the same folder: it reads the views back from disk, as the
+    # trial worker that replaces the one which extracted them does
+    for label, trial_run, cache in (
+            ("cached, cold", run, FeatureCache(root / "features", limit)),
+            ("cached, warm", run, FeatureCache(root / "features", limit)),
+            ("live", dataclasses.replace(run, augment_views=0), FeatureCache(None, limit))):
+        ctx = SearchContext(data, trial_run, resolver, cache, root / label.replace(", ", "-"))
+        rows[label] = _timed_trial(config, ctx)
+        r = rows[label]
+        print(f"  {label:13} {r['seconds']:7.1f} s  val {r['val']:.4f} test {r['test']:.4f} "
+              f"({r['kind']}, {r['epochs']} epochs)", flush=True)
+    return {"config": config.as_dict(), "source": base["source"], "views": run.augment_views,
+            "rows": rows, "peak_rss": peak_rss_mb()}
+
+
+def contender_finetune(args: argparse.Namespace) -> dict[str, Any]:
+    """A fine-tuning epoch against one forward pass of the same top over the same activations."""
+    import dataclasses
+
+    import numpy as np
+    import tensorflow as tf
+
+    from automl.backbones.registry import get_spec
+    from automl.config import TrialConfig
+    from automl.trial.model import build_model, reset_keras
+    from automl.trial.run import extract_features
+    from automl.trial.train import ArrayFeed, _Engine
+
+    base = _base(args)
+    config = TrialConfig.from_params(base["config"])
+    tuned_base = base["fine_tuned"] or config.freeze_depth < 1.0
+    config = dataclasses.replace(config, augmentation="none",
+                                 freeze_depth=config.freeze_depth if tuned_base else 0.9)
+    _, data, resolver, run = _trial_setup(args, config)
+    spec = get_spec(config.backbone)
+    reset_keras(args.seed)
+    weights = resolver.resolve(spec, config.image_size).weights
+    tm = build_model(config, spec, len(data.class_names), weights, seed=args.seed)
+    if tm.top is None:
+        raise SystemExit(f"error: freeze depth {config.freeze_depth} leaves no top to fine-tune")
+    start = time.monotonic()
+    acts = extract_features(tm.feature_model(at_cut=True), data.train, config.image_size,
+                            args.batch_size)
+    extract_s = time.monotonic() - start
+    top = tm.top_model()
+    forward = tf.function(lambda x: top(x, training=False), reduce_retracing=True)
+    batches = [tf.constant(acts[i:i + args.batch_size])
+               for i in range(0, len(acts), args.batch_size)]
+    forward(batches[0]).numpy()  # warm-up: trace (the last, shorter batch too)
+    forward(batches[-1]).numpy()
+    start = time.monotonic()
+    for batch in batches:
+        forward(batch).numpy()
+    forward_s = time.monotonic() - start
+    tm.set_phase(2)
+    lr = config.learning_rate * run.fine_tune_lr_factor
+    engine = _Engine(top, lr, binary=tm.binary)
+    feed = ArrayFeed(acts, np.asarray(data.train.labels), args.batch_size, shuffle=True,
+                     seed=args.seed)
+    engine.train_epoch(feed, 0)  # warm-up epoch: traces the compiled epoch
+    start = time.monotonic()
+    engine.train_epoch(feed, 1)
+    epoch_s = time.monotonic() - start
+    trainable = int(sum(np.prod(v.shape) for v in top.trainable_variables))
+    print(f"  cut {tm.cut.layer} (depth {tm.cut.depth:.2f}), activations {acts.shape}: forward "
+          f"{forward_s:.2f} s, fine-tuning epoch {epoch_s:.2f} s", flush=True)
+    return {"config": config.as_dict(), "source": base["source"], "from_best": tuned_base,
+            "cut": tm.cut.layer, "depth": tm.cut.depth, "shape": list(acts.shape),
+            "extract": extract_s, "forward": forward_s, "epoch": epoch_s,
+            "trainable": trainable, "batch_size": args.batch_size, "peak_rss": peak_rss_mb()}
+
+
+def contender_ablation(args: argparse.Namespace) -> dict[str, Any]:
+    """(a)'s best configuration with/without its augmentation and with/without fine-tuning."""
+    import dataclasses
+
+    from automl.config import TrialConfig
+    from automl.trial.features import FeatureCache
+    from automl.trial.run import SearchContext
+
+    base = _base(args)
+    config = TrialConfig.from_params(base["config"])
+    policy = config.augmentation if config.augmentation != "none" else "flip"
+    depth = config.freeze_depth if config.freeze_depth < 1.0 else 0.9
+    _, data, resolver, run = _trial_setup(args, config)
+    root = Path(args.workdir) / "ablation"
+    shutil.rmtree(root, ignore_errors=True)
+    cache = FeatureCache(root / "features", run.cache_memory_mb * 2**20)  # shared by all four
+    cells: dict[str, dict[str, Any]] = {}
+    # the cheapest first: it extracts the activations (and those at the cuts) the others reuse
+    for aug, freeze in (("none", 1.0), ("none", depth), (policy, 1.0), (policy, depth)):
+        variant = dataclasses.replace(config, augmentation=aug, freeze_depth=freeze)
+        ctx = SearchContext(data, run, resolver, cache, root / f"trials-{aug}-{freeze}")
+        key = f"{aug}|{freeze}"
+        cells[key] = _timed_trial(variant, ctx)
+        c = cells[key]
+        print(f"  augmentation {aug:5} freeze {freeze:<4}: val {c['val']:.4f} test "
+              f"{c['test']:.4f} {c['seconds']:6.1f} s ({c['kind']}, best phase "
+              f"{c['best_phase']})", flush=True)
+    return {"config": config.as_dict(), "source": base["source"], "policy": policy,
+            "depth": depth, "cells": cells, "peak_rss": peak_rss_mb()}
+
+
 CHILDREN = {"a": lambda a: contender_search(a, True), "b": lambda a: contender_search(a, False),
             "c": contender_keras_tuner, "d": contender_seed_recipe,
-            "throughput": contender_throughput}
+            "throughput": contender_throughput, "views": contender_views,
+            "finetune": contender_finetune, "ablation": contender_ablation}
 NAMES = {"a": "(a) automl: cache + pruning", "b": "(b) automl: no cache, no pruner",
-         "c": "(c) keras-tuner RandomSearch, naive", "d": "(d) seed recipe (fixed)"}
+         "c": "(c) keras-tuner RandomSearch, naive", "d": "(d) seed recipe (fixed)",
+         "views": "views: cached augmented views against live augmentation",
+         "finetune": "finetune: a fine-tuning epoch against a forward pass",
+         "ablation": "ablation: (a)'s best with and without augmentation and fine-tuning"}
+#: the contenders that start from (a)'s best configuration
+FROM_A = ("views", "finetune", "ablation")
+#: the order they run in: a first (it sets the budget of b and c and the others' configuration)
+ORDER = ["a", "views", "finetune", "ablation", "d", "throughput", "c", "b"]
 
 
 # ----------------------------------------------------------------------------- the run
 
-def run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def base_config(results: dict[str, dict[str, Any]], workdir: str) -> dict[str, Any]:
+    """(a)'s best finished configuration: from this run, else from an earlier run's ``a.json``
+    in the same workdir (with its source), else none (the children use FALLBACK_CONFIG)."""
+    earlier = Path(workdir) / "a.json"
+    if "a" in results:
+        a, source = results["a"], "this run's (a)"
+    elif earlier.is_file():
+        a, source = json.loads(earlier.read_text()), f"(a) of an earlier run in {workdir}"
+    else:
+        return {}
+    best = a.get("best")
+    if not best or not best.get("config"):
+        return {}
+    return {"config": best["config"], "fine_tuned": best.get("fine_tuned", False),
+            "source": f"{source}, trial {best['number']} (val {best['val']:.4f}, test "
+                      f"{fmt(best.get('test'), '.4f', '-')})"}
+
+
+def run_child(name: str, args: argparse.Namespace, base: dict[str, Any] | None = None,
+              ) -> dict[str, Any]:
     out = Path(args.workdir) / f"{name}.json"
     cmd = [sys.executable, __file__, "--child", name, "--json", str(out), "--trials",
            str(args.trials), "--budget", str(args.budget), "--seed", str(args.seed),
-           "--space", args.space, "--workdir", args.workdir]
+           "--space", args.space, "--workdir", args.workdir,
+           "--batch-size", str(args.batch_size)]
     if args.data:
         cmd += ["--data", args.data]
+    if base:
+        cmd += ["--base", json.dumps(base)]
     print(f"\n== {NAMES.get(name, name)} ==", flush=True)
     if subprocess.run(cmd, cwd=ROOT).returncode:
         sys.exit(f"error: contender {name} failed (its output is above)")
@@ -447,24 +751,180 @@ def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
             lines.append(f"feature extraction {row['backbone']} {row['size']}px: "
                          f"{row['ours']:.0f} img/s vs bare predict {row['bare']:.0f} img/s "
                          f"= {100 * row['ratio']:.0f}%")
+    if res.get("a", {}).get("costs"):
+        lines += ["", *report_costs(res["a"]["costs"], res.get("views"))]
+    for name, section in (("views", report_views), ("finetune", report_finetune),
+                          ("ablation", report_ablation)):
+        if name in res:
+            lines += ["", *section(res[name])]
     return "\n".join(lines)
+
+
+def report_costs(costs: dict[str, Any], views: dict[str, Any] | None) -> list[str]:
+    """(a)'s study: what each kind of trial cost, the first result, augmented and fine-tuning
+    trials, the activation cache on disk."""
+    kinds = costs["kinds"]
+    states = ", ".join(f"{k} {v}" for k, v in sorted(costs["states"].items()))
+    lines = [f"(a) time per trial kind (wall seconds from Optuna's datetime_start to "
+             f"datetime_complete; kind = what dominated the trial's cost, pruned/failed trials "
+             f"have none; states: {states}):",
+             f"  {'kind':22} {'trials':>6} {'median s':>9} {'total s':>8}"]
+    for kind in [*KINDS, *sorted(set(kinds) - set(KINDS))]:
+        if kind in kinds:
+            k = kinds[kind]
+            lines.append(f"  {kind:22} {k['count']:6d} {k['median']:9.1f} {k['total']:8.1f}")
+        elif kind != "live":  # every kind the issue names, also when this run had none
+            lines.append(f"  {kind:22} {0:6d} {'-':>9} {'-':>8}")
+    live = (views or {}).get("rows", {}).get("live")
+    if live:
+        lines.append(f"  {'live (from views)':22} {1:6d} {live['seconds']:9.1f} "
+                     f"{live['seconds']:8.1f}   <- not in (a): the search caches views; this is "
+                     f"the views contender's live trial")
+    cycle = (f"median {costs['head_cycle_median']:.1f} s over {costs['head_cycles']} trials"
+             if costs["head_cycle_median"] is not None
+             else "n/a (no finished 'head' trial was followed by another trial)")
+    lines.append(f"(a) a finished 'head' trial from ask to its leaderboard row: {cycle} "
+                 f"(measured from its datetime_start to the next trial's, which is asked after "
+                 f"the row is written)")
+    first = costs["first_complete"]
+    if not first:
+        lines.append("(a) first finished trial: none finished")
+    else:
+        lines.append(f"(a) first finished trial: {first['from_process']:.1f} s after the search "
+                     f"command started ({first['from_search']:.1f} s after run_search was "
+                     f"called, data loading included): trial {first['number']}, val "
+                     f"{first['val']:.4f}")
+    phased = costs["phased"]
+    aug = [t for t in phased if t["augmented"]]
+    tuned = [t for t in phased if t["fine_tuned"]]
+    policies: dict[str, int] = {}
+    for t in phased:
+        if t["augmentation"] != "none":
+            policies[t["augmentation"]] = policies.get(t["augmentation"], 0) + 1
+    pstates: dict[str, int] = {}
+    for t in phased:
+        pstates[t["state"]] = pstates.get(t["state"], 0) + 1
+    lines.append(
+        f"(a) trials that trained >= 2 epochs of an augmented phase or of a fine-tuning phase: "
+        f"{len(phased)} (augmented {len(aug)}, fine-tuning {len(tuned)}, both "
+        f"{sum(1 for t in phased if t['augmented'] and t['fine_tuned'])}); "
+        f"{sum(policies.values())} of them use augmentation"
+        + (f" ({', '.join(f'{k} x{v}' for k, v in sorted(policies.items()))})" if policies
+           else "")
+        + (f"; {', '.join(f'{k} {v}' for k, v in sorted(pstates.items()))}" if pstates else "")
+        + (f"; trials {', '.join(str(t['number']) for t in phased)}" if phased else ""))
+    lines.append(f"(a) activation cache on disk ({costs['features_dir']}): "
+                 f"{costs['features_mb']:.0f} MB (du), {costs['features_files']} files")
+    return lines
+
+
+def _ratio(num: float | None, den: float | None) -> str:
+    return f"{num / den:.1f}x" if num and den else "n/a"
+
+
+def report_views(v: dict[str, Any]) -> list[str]:
+    rows = v["rows"]
+    lines = [f"views: cached augmentation ({v['views']} views per image) against live "
+             f"augmentation, one configuration, same seed: {_describe(v['config'])} "
+             f"(from {v['source']}, augmentation set to light)",
+             f"  {'variant':14} {'kind':16} {'val':>7} {'test':>7} {'wall s':>7} {'epochs':>6}"]
+    for label, r in rows.items():
+        lines.append(f"  {label:14} {r['kind']:16} {r['val']:7.4f} {fmt(r['test'], '.4f', '-'):>7}"
+                     f" {r['seconds']:7.1f} {r['epochs']:6d}")
+    live = rows.get("live")
+    parts = []
+    for label in ("cached, cold", "cached, warm"):
+        c = rows.get(label)
+        if live and c:
+            test = (f", test {live['test'] - c['test']:+.4f}"
+                    if live["test"] is not None and c["test"] is not None else "")
+            name = label.replace(", ", "-")
+            parts.append(f"live/{name}: time {_ratio(live['seconds'], c['seconds'])}, "
+                         f"accuracy live - cached: val {live['val'] - c['val']:+.4f}{test}")
+    if parts:
+        lines.append("  " + "; ".join(parts))
+    lines.append("  (cold: a new activation cache, the trial extracts the views and the plain "
+                 "activations itself; warm: a new cache over the same folder, read from disk "
+                 "as a replaced trial worker does)")
+    return lines
+
+
+def report_finetune(f: dict[str, Any]) -> list[str]:
+    chosen = "(a)'s best, which fine-tunes" if f["from_best"] else "freeze depth set to 0.9"
+    calls = -(-f["shape"][0] // f["batch_size"])
+    return [f"finetune: {_describe(f['config'])} ({chosen}; from {f['source']}); cut after "
+            f"{f['cut']} (depth {f['depth']:.2f}); train activations at the cut "
+            f"{'x'.join(map(str, f['shape']))} (extracted in {f['extract']:.1f} s)",
+            f"  one forward pass of the top over them ({calls} compiled calls of "
+            f"{f['batch_size']}, after a warm-up): {f['forward']:.2f} s; one fine-tuning epoch "
+            f"(_Engine.train_epoch as fit_phase runs it, batches of {f['batch_size']}, "
+            f"{f['trainable'] / 1e6:.2f} M trainable weights, after a warm-up epoch): "
+            f"{f['epoch']:.2f} s -> the epoch costs {_ratio(f['epoch'], f['forward'])} the "
+            f"forward pass"]
+
+
+def report_ablation(r: dict[str, Any]) -> list[str]:
+    config, policy, depth, cells = r["config"], r["policy"], r["depth"], r["cells"]
+    found = (config["augmentation"], float(config["freeze_depth"]))
+    lines = [f"ablation: {_describe(config)} (from {r['source']}); test accuracy (val), "
+             f"wall s of an in-process trial; * = the configuration as found",
+             f"  {'':20}   {f'freeze {depth} (fine-tunes)':28} {'freeze 1.0 (frozen)'}"]
+
+    def cell(aug: str, freeze: float) -> str:
+        c = cells.get(f"{aug}|{freeze}")
+        if c is None:
+            return "-"
+        mark = " *" if (aug, freeze) == found else ""
+        return f"{fmt(c['test'], '.4f', '-')} ({c['val']:.4f}) {c['seconds']:4.0f} s{mark}"
+
+    for aug in (policy, "none"):
+        lines.append(f"  {'augmentation ' + aug:20}   {cell(aug, depth):28} {cell(aug, 1.0):28}"
+                     .rstrip())
+    lines.append("  kinds, in the order run (one shared activation cache, so the first trial's "
+                 "extraction serves the others): "
+                 + ", ".join(f"{k.replace('|', ' / ')} {c['kind']}" for k, c in cells.items()))
+
+    def diff(k1: str, k2: str) -> str:
+        a, b = cells.get(k1), cells.get(k2)
+        if not a or not b or a["test"] is None or b["test"] is None:
+            return "n/a"
+        return f"{a['test'] - b['test']:+.4f}"
+
+    lines.append(f"  test accuracy gained by {policy}: {diff(f'{policy}|{depth}', f'none|{depth}')}"
+                 f" with fine-tuning, {diff(f'{policy}|1.0', 'none|1.0')} frozen; by fine-tuning "
+                 f"(freeze {depth}): {diff(f'{policy}|{depth}', f'{policy}|1.0')} with {policy}, "
+                 f"{diff(f'none|{depth}', 'none|1.0')} without")
+    tuned = [k for k, c in cells.items() if k.endswith(f"|{depth}") and c["best_phase"] != 2]
+    if tuned:
+        lines.append(f"  (fine-tuning did not beat the head phase in {', '.join(tuned)}: those "
+                     f"keep the head phase's weights, as a search trial does)")
+    return lines
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=50)
+    p.add_argument("--trials", type=int, default=50,
+                   help="trials of (a) and (b) (b and c stop at the budget too; default 50)")
     p.add_argument("--budget", type=float, default=0,
                    help="seconds for (b) and (c); 0 = the wall time (a) took")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="as automl search --data (default: embedded Animal-MNIST)")
     p.add_argument("--space", default=str(ROOT / "automl" / "search_spaces" / "default.yaml"))
-    p.add_argument("--contenders", default="a,b,c,d,throughput")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="the trials' batch size (a, b, views, finetune, ablation) and the "
+                        "forward pass's in finetune (default 64, as automl search)")
+    p.add_argument("--contenders", default="a,b,c,d,throughput,views,finetune,ablation",
+                   help="comma-separated, any of a, b, c, d, throughput, views, finetune, "
+                        "ablation (they run in the order a, views, finetune, ablation, d, "
+                        "throughput, c, b); views, finetune and ablation start from (a)'s best "
+                        "configuration, from this run or an earlier run's a.json in --workdir")
     p.add_argument("--workdir", help="where the contenders write (default: a temporary folder)")
     p.add_argument("--out", help="also write the report to this file")
     p.add_argument("--report-from", metavar="WORKDIR",
                    help="print the report of an earlier run's --workdir again, running nothing")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
+    p.add_argument("--base", help=argparse.SUPPRESS)  # (a)'s best configuration, as JSON
     args = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.child:
@@ -483,15 +943,19 @@ def main() -> None:
         print(report({k: v for k, v in done.items() if k in CHILDREN}, args))
         return
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="automl-bench-")
-    wanted = args.contenders.split(",")
+    wanted = [w.strip() for w in args.contenders.split(",") if w.strip()]
+    unknown = sorted(set(wanted) - set(CHILDREN))
+    if unknown:
+        p.error(f"unknown contender(s) {', '.join(unknown)}; choose from {', '.join(ORDER)}")
     results: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
-    for name in ["a", "d", "throughput", "c", "b"]:  # a first: it sets the budget
+    for name in ORDER:
         if name not in wanted:
             continue
-        if name in "bc" and not args.budget:
+        if name in ("b", "c") and not args.budget:
             args.budget = results["a"]["wall"] if "a" in results else 600.0
-        results[name] = run_child(name, args)
+        base = base_config(results, args.workdir) if name in FROM_A else None
+        results[name] = run_child(name, args, base)
     text = report(results, args)
     print(f"\n== report (benchmark took {time.monotonic() - started:.0f} s) ==\n{text}")
     if args.out:

@@ -1,11 +1,16 @@
-"""Test settings: quiet TensorFlow, no network probes, caches in a per-session folder; tiny data."""
+"""Test settings: quiet TensorFlow, no network probes, caches in a per-session folder; tiny data.
+
+Shared helpers (data sets, reading results, running the CLI) are in ``helpers.py``.
+"""
 
 import atexit
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
+from helpers import animal_mnist_npz
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["AUTOML_OFFLINE"] = "1"  # tests never try a download, with or without internet
@@ -17,20 +22,7 @@ if "AUTOML_HOME" not in os.environ:
 
 
 @pytest.fixture(scope="session")
-def tiny_npz(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - a Path
-    """16/6/6 images per class of the embedded Animal-MNIST (28 px), as an .npz."""
-    import numpy as np
-
-    from automl.data import pipeline
-    from automl.data.load import load_data
-
-    full = load_data(None)
-    arrays = {}
-    for split, key, n in ((full.train, "train", 16), (full.validation, "val", 6),
-                          (full.test, "test", 6)):
-        keep = np.sort(np.concatenate([np.flatnonzero(split.labels == c)[:n] for c in range(10)]))
-        arrays[f"x_{key}"] = np.stack(list(pipeline.images(split, 28).as_numpy_iterator()))[keep]
-        arrays[f"y_{key}"] = split.labels[keep]
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, **arrays, class_names=np.array(full.class_names))
-    return path
+def tiny_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16/6/6 images per class of the embedded default's own splits (28 px RGB), as an .npz."""
+    return animal_mnist_npz(tmp_path_factory.mktemp("data") / "tiny.npz", 16, 6, 6,
+                            from_splits=True)

@@ -11,6 +11,7 @@ from itertools import pairwise
 
 import numpy as np
 import pytest
+from helpers import run_model
 
 keras = pytest.importorskip("keras")
 
@@ -40,9 +41,6 @@ def _size(spec: BackboneSpec) -> int:
     return max(spec.min_size, 64)
 
 
-def _run(model: keras.Model, x: object) -> np.ndarray:
-    return keras.ops.convert_to_numpy(model(x, training=False))
-
 
 def _close(got: np.ndarray, want: np.ndarray, what: str) -> None:
     """Equal up to float noise, relative to the activation's own scale."""
@@ -61,7 +59,7 @@ def built(request: pytest.FixtureRequest) -> Built:
     rng = np.random.default_rng(0)
     pixels = rng.uniform(0, 255, (2, size, size, 3)).astype(np.float32)
     x = keras.ops.convert_to_numpy(Preprocess(spec.preprocess)(pixels))
-    return Built(spec, size, model, block_cuts(model, spec.block_pattern), x, _run(model, x))
+    return Built(spec, size, model, block_cuts(model, spec.block_pattern), x, run_model(model, x))
 
 
 @pytest.mark.parametrize("built", _names(), indirect=True)
@@ -113,14 +111,14 @@ def test_every_interior_cut_splits_the_backbone(built: Built) -> None:
     wants = [*acts[1:], built.out]
     current = acts[0]
     for i, (start, end, want) in enumerate(zip(interior, ends, wants, strict=True)):
-        current = _run(keras.Model(start, end), current)
+        current = run_model(keras.Model(start, end), current)
         _close(current, want, f"segment after {cuts[i + 1].layer}")
 
     # the bottom/top pairs themselves, chained, at the middle and the last interior cut
     for i in sorted({len(interior) // 2, len(interior) - 1}):
-        mid = _run(bottoms[i], x)
+        mid = run_model(bottoms[i], x)
         _close(mid, acts[i], f"bottom up to {cuts[i + 1].layer}")
-        _close(_run(tops[i], mid), built.out, f"bottom+top split at {cuts[i + 1].layer}")
+        _close(run_model(tops[i], mid), built.out, f"bottom+top split at {cuts[i + 1].layer}")
 
 
 def test_a_cut_inside_a_residual_block_cannot_split() -> None:

@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from helpers import csv_rows, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from automl.cli import main
 from automl.errors import ConfigError
 from automl.space import DIMENSIONS, SearchSpace
 
 TINY = "backbone: efficientnet_lite0\nimage_size: 32\n"
 
 
-def _err(capsys: pytest.CaptureFixture) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "Traceback" not in err
-    return err
-
-
-def test_unwritable_results_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_unwritable_results_folder(tmp_path: Path) -> None:
     if os.geteuid() == 0:  # root writes anywhere: use a path under a regular file instead
         blocker = tmp_path / "file"
         blocker.write_text("x")
@@ -35,9 +28,7 @@ def test_unwritable_results_folder(tmp_path: Path, capsys: pytest.CaptureFixture
         results.mkdir(mode=0o500)
     space = tmp_path / "space.yaml"
     space.write_text(TINY)
-    assert main(["search", "--space", str(space), "--results", str(results), "--trials",
-                 "1"]) == 2
-    err = _err(capsys)
+    err = run_cli("search", "--space", space, "--results", results, "--trials", "1", code=2).err
     assert f"--results {results}" in err and "cannot create the folder" in err
 
 
@@ -65,46 +56,36 @@ def _study_with(tmp_path: Path, states: list[optuna.trial.TrialState]) -> None:
     (7, "--trial 7: the study has no trial 7 (trials: 0, 1, 2)"),
     (0, "--trial 0: its weights were not kept"),
 ])
-def test_export_of_a_trial_without_weights_is_refused(tmp_path: Path, trial: int, message: str,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_export_of_a_trial_without_weights_is_refused(tmp_path: Path, trial: int,
+                                                      message: str) -> None:
     S = optuna.trial.TrialState
     _study_with(tmp_path, [S.COMPLETE, S.PRUNED, S.FAIL])
     out = tmp_path / "model"
-    assert main(["export", "--results", str(tmp_path), "--study", "s", "--trial", str(trial),
-                 "--out", str(out)]) == 2
-    assert message in _err(capsys)
+    assert message in run_cli("export", "--results", tmp_path, "--study", "s", "--trial", trial,
+                              "--out", out, code=2).err
     assert not out.exists()
 
 
-def test_export_into_a_foreign_folder_is_refused(tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture) -> None:
+def test_export_into_a_foreign_folder_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    assert main(["export", "--results", str(tmp_path), "--out", str(out)]) == 2
-    assert "is not an earlier export" in _err(capsys)
+    assert "is not an earlier export" in run_cli("export", "--results", tmp_path, "--out", out,
+                                                 code=2).err
     assert (out / "notes.txt").read_text() == "keep me"
 
 
 HUGE = 2_000_000_000  # a head of 2e9 units needs 10 TB: a real out-of-memory error, at once
 
 
-def _leaderboard(results: Path) -> list[dict[str, str]]:
-    with open(results / "default" / "leaderboard.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def test_five_failing_trials_in_a_row_stop_the_search(tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_five_failing_trials_in_a_row_stop_the_search(tmp_path: Path) -> None:
     """Every trial runs out of memory: each is a FAIL row with its reason, then a clear stop."""
     space = tmp_path / "space.yaml"
     space.write_text(TINY + f"head_width: {HUGE}\nlearning_rate: {{low: 1.0e-3, high: 1.0e-2}}\n")
     results = tmp_path / "results"
-    assert main(["search", "--space", str(space), "--results", str(results), "--trials",
-                 "20"]) == 2
-    err = _err(capsys)
+    err = run_cli("search", "--space", space, "--results", results, "--trials", "20", code=2).err
     assert "5 trials failed in a row; the search stops. Last reason: ResourceExhaustedError" in err
-    rows = _leaderboard(results)
+    rows = csv_rows(results / "default" / "leaderboard.csv")
     assert [r["state"] for r in rows] == ["FAIL"] * 5
     assert all("OOM" in r["reason"] for r in rows)
 
@@ -114,9 +95,9 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path: Path) -> N
     space = tmp_path / "space.yaml"
     space.write_text(TINY + f"head_width: {{choices: [0, {HUGE}]}}\n")
     results = tmp_path / "results"
-    assert main(["search", "--space", str(space), "--results", str(results), "--trials", "3",
-                 "--epochs", "1", "--fine-tune-epochs", "0"]) == 0
-    rows = _leaderboard(results)
+    run_cli("search", "--space", space, "--results", results, "--trials", "3", "--epochs", "1",
+            "--fine-tune-epochs", "0")
+    rows = csv_rows(results / "default" / "leaderboard.csv")
     assert sum(r["state"] == "COMPLETE" for r in rows) == 3
     failed = [r for r in rows if r["state"] == "FAIL"]
     assert failed and all(r["head_width"] == str(HUGE) and "OOM" in r["reason"] for r in failed)

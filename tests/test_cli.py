@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import csv_rows, load_study, run_cli
 
-from automl.cli import main
 from automl.data import pipeline
 
 SPACE = """\
@@ -24,11 +23,6 @@ augmentation: none
 FAST = ["--epochs", "2", "--fine-tune-epochs", "1", "--batch-size", "128"]
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One real search of 3 trials on the embedded default with pretrained Lite0."""
@@ -36,14 +30,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     space = root / "space.yaml"
     space.write_text(SPACE)
     results = root / "results"
-    code = main(["search", "--space", str(space), "--trials", "3", "--results", str(results),
-                 *FAST])
-    assert code == 0
+    run_cli("search", "--space", space, "--trials", "3", "--results", results, *FAST)
     return {"root": root, "space": space, "results": results}
 
 
 def test_search_writes_a_ranked_leaderboard(run: dict[str, Path]) -> None:
-    rows = _rows(run["results"] / "default" / "leaderboard.csv")
+    rows = csv_rows(run["results"] / "default" / "leaderboard.csv")
     assert len(rows) == 3
     assert {r["state"] for r in rows} == {"COMPLETE"}
     for column in ("trial", "val_accuracy", "val_loss", "test_accuracy", "backbone",
@@ -57,10 +49,7 @@ def test_search_writes_a_ranked_leaderboard(run: dict[str, Path]) -> None:
 
 
 def test_a_new_study_starts_at_the_spaces_start_point(run: dict[str, Path]) -> None:
-    import optuna
-
-    study = optuna.load_study(study_name="default",
-                              storage=f"sqlite:///{run['results'] / 'default' / 'study.db'}")
+    study = load_study(run["results"])
     first = study.trials[0]
     assert first.user_attrs["start"] == "start point"
     # backbone and size are fixed in SPACE, so no extra heads on the same input are queued;
@@ -71,42 +60,34 @@ def test_a_new_study_starts_at_the_spaces_start_point(run: dict[str, Path]) -> N
     assert [t.number for t in study.trials if "start" in t.user_attrs] == [0]
 
 
-def test_timeout_zero_on_a_new_study_queues_nothing(tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_timeout_zero_on_a_new_study_queues_nothing(tmp_path: Path) -> None:
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.replace("backbone: efficientnet_lite0",
                                    "backbone: {choices: [efficientnet_lite0, efficientnet_lite1]}"))
-    assert main(["search", "--space", str(space), "--trials", "20", "--timeout", "0",
-                 "--results", str(tmp_path / "r"), *FAST]) == 0
-    import optuna
-
-    study = optuna.load_study(study_name="default",
-                              storage=f"sqlite:///{tmp_path / 'r' / 'default' / 'study.db'}")
-    assert study.trials == []  # no WAITING start trials left behind
+    run_cli("search", "--space", space, "--trials", "20", "--timeout", "0",
+            "--results", tmp_path / "r", *FAST)
+    assert load_study(tmp_path / "r").trials == []  # no WAITING start trials left behind
 
 
-def test_leaderboard_command_prints_table_and_summary(run: dict[str, Path], tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_leaderboard_command_prints_table_and_summary(run: dict[str, Path],
+                                                      tmp_path: Path) -> None:
     out_csv = tmp_path / "summary.csv"
-    assert main(["leaderboard", "--results", str(run["results"]), "--summary-csv",
-                 str(out_csv)]) == 0
-    printed = capsys.readouterr().out
+    printed = run_cli("leaderboard", "--results", run["results"], "--summary-csv", out_csv).out
     assert "efficientnet_lite0" in printed and "best_val_accuracy" in printed
-    summary = _rows(out_csv)
+    summary = csv_rows(out_csv)
     assert summary[0]["backbone"] == "efficientnet_lite0" and summary[0]["trials"] == "3"
 
 
-def test_export_reloads_and_reproduces_test_accuracy(run: dict[str, Path],
-                                                     capsys: pytest.CaptureFixture) -> None:
+def test_export_reloads_and_reproduces_test_accuracy(run: dict[str, Path]) -> None:
     import tensorflow as tf
 
     from automl.data.load import load_data
     from automl.trial.run import scores
 
     out = run["root"] / "best_model"
-    assert main(["export", "--results", str(run["results"]), "--out", str(out)]) == 0
-    assert "reload check passed" in capsys.readouterr().out
-    best = _rows(run["results"] / "default" / "leaderboard.csv")[0]
+    assert "reload check passed" in run_cli("export", "--results", run["results"], "--out",
+                                            out).out
+    best = csv_rows(run["results"] / "default" / "leaderboard.csv")[0]
     labels = (out / "labels.txt").read_text(encoding="utf-8").splitlines()
     assert labels[:3] == ["bear", "bird", "cat"] and len(labels) == 10
     assert (out / "model.keras").is_file()
@@ -132,13 +113,38 @@ def test_export_reloads_and_reproduces_test_accuracy(run: dict[str, Path],
     assert model.predict_uint8(tf.constant(big)).shape == (4, 10)
 
 
-def test_predict_prints_top_labels(run: dict[str, Path], tmp_path: Path,
-                                   capsys: pytest.CaptureFixture) -> None:
+def test_a_head_only_trial_exports_from_the_pretrained_backbone(run: dict[str, Path],
+                                                                tmp_path: Path) -> None:
+    """Trials after the first train a head alone on cached activations and keep only it;
+    export rebuilds the backbone from its pretrained weights and reproduces the recorded test
+    accuracy with the reloaded SavedModel."""
+    import tensorflow as tf
+
+    from automl.data.load import load_data
+    from automl.trial.run import scores
+
+    study = load_study(run["results"])
+    kinds = {t.number: t.user_attrs["result"]["weights_kind"] for t in study.trials}
+    assert kinds[0] == "model" and "head" in kinds.values()
+    number = min(n for n, kind in kinds.items() if kind == "head")
+    kept = run["results"] / "default" / "trials" / f"trial_{number:04d}"
+    assert sorted(p.name for p in kept.iterdir()) == ["head.weights.h5"]
+    out = tmp_path / "head_model"
+    assert "reload check passed" in run_cli("export", "--results", run["results"], "--trial",
+                                            str(number), "--out", out).out
+    data = load_data(None)
+    images = np.stack(list(pipeline.images(data.test, 32).as_numpy_iterator()))
+    probs = tf.saved_model.load(str(out))(tf.constant(images, tf.float32)).numpy()
+    recorded = study.trials[number].user_attrs["result"]["test_accuracy"]
+    assert abs(scores(probs, data.test.labels)[1] - recorded) <= 1.0 / len(images) + 1e-9
+
+
+def test_predict_prints_top_labels(run: dict[str, Path], tmp_path: Path) -> None:
     from PIL import Image
 
     out = run["root"] / "best_model"
     if not out.exists():
-        assert main(["export", "--results", str(run["results"]), "--out", str(out)]) == 0
+        run_cli("export", "--results", run["results"], "--out", out)
     from automl.data.load import load_data
 
     data = load_data(None)
@@ -147,9 +153,7 @@ def test_predict_prints_top_labels(run: dict[str, Path], tmp_path: Path,
     for name in ("a.png", "b.jpg"):
         Image.fromarray(image).save(tmp_path / name)
         files.append(str(tmp_path / name))
-    capsys.readouterr()
-    assert main(["predict", str(out), *files, "--top", "2", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    result = json.loads(run_cli("predict", out, *files, "--top", "2", "--json").out)
     assert [r["file"] for r in result] == files
     labels = set((out / "labels.txt").read_text().splitlines())
     for item in result:
@@ -158,23 +162,17 @@ def test_predict_prints_top_labels(run: dict[str, Path], tmp_path: Path,
         assert item["predictions"][0]["probability"] >= item["predictions"][1]["probability"]
 
 
-def test_resume_runs_only_the_missing_trials(run: dict[str, Path],
-                                             capsys: pytest.CaptureFixture) -> None:
-    assert main(["search", "--space", str(run["space"]), "--trials", "4", "--results",
-                 str(run["results"]), *FAST]) == 0
-    out = capsys.readouterr().out
-    assert "3 of 4 trials finished" in out
-    rows = _rows(run["results"] / "default" / "leaderboard.csv")
+def test_resume_runs_only_the_missing_trials(run: dict[str, Path]) -> None:
+    again = ["search", "--space", run["space"], "--trials", "4", "--results", run["results"],
+             *FAST]
+    assert "3 of 4 trials finished" in run_cli(*again).out
+    rows = csv_rows(run["results"] / "default" / "leaderboard.csv")
     assert sorted(int(r["trial"]) for r in rows) == [0, 1, 2, 3]
-    import optuna
-
-    study = optuna.load_study(study_name="default",
-                              storage=f"sqlite:///{run['results'] / 'default' / 'study.db'}")
+    study = load_study(run["results"])
     assert [t.number for t in study.trials if "start" in t.user_attrs] == [0]  # not queued again
     # already complete: nothing runs, nothing changes
     before = (run["results"] / "default" / "leaderboard.csv").read_bytes()
-    assert main(["search", "--space", str(run["space"]), "--trials", "4", "--results",
-                 str(run["results"]), *FAST]) == 0
+    run_cli(*again)
     assert (run["results"] / "default" / "leaderboard.csv").read_bytes() == before
 
 
@@ -187,35 +185,29 @@ def test_resume_runs_only_the_missing_trials(run: dict[str, Path],
     (["export", "--study", "nothing-here", "--out", "x"], "there is no study 'nothing-here'"),
     (["predict", "/tmp", "x.png"], "is not a model exported by `automl export`"),
 ])
-def test_bad_input_is_one_clear_message(argv: list[str], message: str, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture) -> None:
+def test_bad_input_is_one_clear_message(argv: list[str], message: str, tmp_path: Path) -> None:
     if argv[0] in ("search", "export"):
         argv = [*argv, "--results", str(tmp_path / "results")]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err
-    assert err.startswith("error: ") and "Traceback" not in err
+    assert message in run_cli(*argv, code=2).err
 
 
-def test_bad_space_stops_before_training_and_keeps_results(run: dict[str, Path], tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture) -> None:
+def test_bad_space_stops_before_training_and_keeps_results(run: dict[str, Path],
+                                                           tmp_path: Path) -> None:
     board = run["results"] / "default" / "leaderboard.csv"
     before = board.read_bytes()
     bad = tmp_path / "bad.yaml"
     bad.write_text("backbone: {choices: [efficientnet_lite0, vgg17]}\n")
-    assert main(["search", "--space", str(bad), "--trials", "9", "--results",
-                 str(run["results"])]) == 2
-    err = capsys.readouterr().err
+    err = run_cli("search", "--space", bad, "--trials", "9", "--results", run["results"],
+                  code=2).err
     assert "'vgg17' is not a known backbone" in err and str(bad) in err
     assert board.read_bytes() == before
 
 
-def test_export_of_an_empty_study_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                             ) -> None:
+def test_export_of_an_empty_study_is_refused(tmp_path: Path) -> None:
     from automl.search.study import open_study
 
     open_study(tmp_path, "empty", None, create=True)
-    assert main(["export", "--results", str(tmp_path), "--study", "empty", "--out",
-                 str(tmp_path / "m")]) == 2
-    assert "no finished (COMPLETE) trial to export" in capsys.readouterr().err
+    err = run_cli("export", "--results", tmp_path, "--study", "empty", "--out", tmp_path / "m",
+                  code=2).err
+    assert "no finished (COMPLETE) trial to export" in err
     assert not (tmp_path / "m").exists()

@@ -8,21 +8,13 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from PIL import Image
-
-from automl.cli import main
-
-
-def _image(path: Path, value: int = 100) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+from helpers import image_folder, load_study, run_cli, write_npz
 
 
 def _classes(root: Path, names: tuple[str, ...], per_class: int = 6) -> Path:
-    for name in names:
-        for i in range(per_class):
-            _image(root / name / f"{i}.png", 20 * i)
-    return root
+    """An image folder of flat grey 8x8 images: image i of each class has the value 20 * i."""
+    return image_folder(root, {name: [np.full((8, 8, 3), 20 * i, np.uint8)
+                                      for i in range(per_class)] for name in names})
 
 
 @pytest.fixture()
@@ -46,11 +38,6 @@ def _snapshot(root: Path) -> dict[str, bytes]:
             if p.is_file()}
 
 
-def _npz(path: Path, **arrays: np.ndarray) -> Path:
-    np.savez(path, **arrays)
-    return path
-
-
 X, Y = np.zeros((6, 8, 8), np.uint8), np.arange(6) % 2
 DATA: dict[str, tuple[Callable[[Path], Path | str], str]] = {
     "missing path": (lambda t: t / "nope", "does not exist"),
@@ -62,11 +49,11 @@ DATA: dict[str, tuple[Callable[[Path], Path | str], str]] = {
                              or t / "h", "has no images"),
     "class sets differ": (lambda t: _classes(t / "s" / "train", ("cat", "dog")) and _classes(
         t / "s" / "validation", ("cat", "emu")) and t / "s", "differ"),
-    "npz without x_train": (lambda t: _npz(t / "a.npz", x_val=X, y_val=Y), "no x_train"),
-    "npz lengths differ": (lambda t: _npz(t / "b.npz", x_train=X, y_train=Y[:5]), "6 images"),
-    "npz not images": (lambda t: _npz(t / "c.npz", x_train=np.zeros((6, 4)), y_train=Y),
+    "npz without x_train": (lambda t: write_npz(t / "a.npz", x_val=X, y_val=Y), "no x_train"),
+    "npz lengths differ": (lambda t: write_npz(t / "b.npz", x_train=X, y_train=Y[:5]), "6 images"),
+    "npz not images": (lambda t: write_npz(t / "c.npz", x_train=np.zeros((6, 4)), y_train=Y),
                        "not a stack of images"),
-    "npz pickled objects": (lambda t: _npz(t / "d.npz", x_train=X, y_train=np.array(
+    "npz pickled objects": (lambda t: write_npz(t / "d.npz", x_train=X, y_train=np.array(
         [{"a": 1}] * 6, dtype=object)), "pickled"),
 }
 
@@ -84,33 +71,29 @@ SPACES = {
 }
 
 
-def _check(argv: list[str], message: str, results: Path, capsys: pytest.CaptureFixture,
-           culprit: str = "") -> None:
+def _check(argv: list[str], message: str, results: Path, culprit: str = "") -> None:
     before = _snapshot(results)
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and culprit in err, err
-    assert "Traceback" not in err and err.count("\n") == 1  # one paragraph
+    err = run_cli(*argv, code=2).err
+    assert message in err and culprit in err, err
+    assert err.count("\n") == 1  # one paragraph
     assert _snapshot(results) == before
 
 
 @pytest.mark.parametrize("case", DATA)
-def test_bad_data(case: str, tmp_path: Path, results: Path,
-                  capsys: pytest.CaptureFixture) -> None:
+def test_bad_data(case: str, tmp_path: Path, results: Path) -> None:
     make, message = DATA[case]
     source = make(tmp_path)
     _check(["search", "--data", str(source), "--results", str(results)], message, results,
-           capsys, culprit=str(source))
+           culprit=str(source))
 
 
 @pytest.mark.parametrize("case", SPACES)
-def test_bad_space(case: str, tmp_path: Path, results: Path,
-                   capsys: pytest.CaptureFixture) -> None:
+def test_bad_space(case: str, tmp_path: Path, results: Path) -> None:
     text, message = SPACES[case]
     space = tmp_path / "space.yaml"
     space.write_text(text)
     _check(["search", "--space", str(space), "--results", str(results)], message, results,
-           capsys, culprit=str(space))
+           culprit=str(space))
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -123,19 +106,16 @@ def test_bad_space(case: str, tmp_path: Path, results: Path,
     (["export", "--study", "ghost", "--out", "m"], "there is no study 'ghost'"),
     (["leaderboard", "--study", "ghost"], "there is no study 'ghost'"),
 ])
-def test_bad_cli_flags(argv: list[str], message: str, results: Path,
-                       capsys: pytest.CaptureFixture) -> None:
-    _check([*argv, "--results", str(results)], message, results, capsys)
+def test_bad_cli_flags(argv: list[str], message: str, results: Path) -> None:
+    _check([*argv, "--results", str(results)], message, results)
 
 
-def test_predict_on_a_folder_that_is_not_a_model(results: Path,
-                                                 capsys: pytest.CaptureFixture) -> None:
+def test_predict_on_a_folder_that_is_not_a_model(results: Path) -> None:
     _check(["predict", str(results), "x.png"], "is not a model exported by `automl export`",
-           results, capsys)
+           results)
 
 
-def test_undecodable_files_are_skipped_with_one_warning(tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture) -> None:
+def test_undecodable_files_are_skipped_with_one_warning(tmp_path: Path) -> None:
     """Broken images are skipped with one warning; hidden and non-image files are ignored."""
     data = _classes(tmp_path / "data", ("snow leopard", "čáp"), per_class=10)
     (data / "čáp" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
@@ -145,17 +125,14 @@ def test_undecodable_files_are_skipped_with_one_warning(tmp_path: Path,
     space = tmp_path / "space.yaml"
     space.write_text("backbone: efficientnet_lite0\nimage_size: 32\n")
     results = tmp_path / "results"
-    assert main(["search", "--data", str(data), "--space", str(space), "--results",
-                 str(results), "--trials", "1", "--epochs", "1", "--fine-tune-epochs", "0",
-                 "--val-split", "0.3", "--test-split", "0.3"]) == 0
-    err = capsys.readouterr().err
+    err = run_cli("search", "--data", data, "--space", space, "--results", results, "--trials",
+                  "1", "--epochs", "1", "--fine-tune-epochs", "0", "--val-split", "0.3",
+                  "--test-split", "0.3").err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1
     assert "2 file(s)" in warnings[0] and "broken.jpg" in warnings[0]
     assert "notes.jpg" in warnings[0] and ".hidden" not in err
     board = (results / "default" / "leaderboard.csv").read_text(encoding="utf-8")
     assert "COMPLETE" in board
-    from automl.search.study import open_study
-
-    names = open_study(results, "default", None, create=False).user_attrs["class_names"]
+    names = load_study(results).user_attrs["class_names"]
     assert names == ["snow leopard", "čáp"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import image_folder, write_npz
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -134,10 +135,8 @@ def _save(path: Path, array: np.ndarray, fmt: str | None = None, mode: str | Non
 
 def _class_tree(root: Path, classes=("cat", "dog"), per_class=4, seed=0) -> Path:
     rng = np.random.default_rng(seed)
-    for name in classes:
-        for i in range(per_class):
-            _save(root / name / f"{i}.png", _noise(rng, 10 + i, 12))
-    return root
+    return image_folder(root, {name: [_noise(rng, 10 + i, 12) for i in range(per_class)]
+                               for name in classes})
 
 
 @pytest.fixture(scope="module")
@@ -253,16 +252,11 @@ def test_train_test_layout_carves_validation(tmp_path):
 
 # ------------------------------------------------------------------------------------- .npz
 
-def _npz(path: Path, **arrays) -> Path:
-    np.savez(path, **arrays)
-    return path
-
-
 def test_npz_with_given_splits(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
     y = np.arange(12) % 3
-    path = _npz(tmp_path / "d.npz", x_train=x, y_train=y, x_val=x[:3], y_val=y[:3],
+    path = write_npz(tmp_path / "d.npz", x_train=x, y_train=y, x_val=x[:3], y_val=y[:3],
                 x_test=x[:6, :, :5], y_test=y[:6], class_names=np.array(["a", "b", "č c"]))
     data = load_data(path)
     assert data.class_names == ["a", "b", "č c"] and data.source == str(path)
@@ -276,7 +270,7 @@ def test_npz_split_from_train_onehot_float(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.random((40, 6, 7, 1)).astype(np.float32)  # floats in 0..1 -> scaled by 255
     y = np.eye(4)[np.arange(40) % 4]
-    data = load_data(_npz(tmp_path / "d.npz", x_train=x, y_train=y), val_split=0.2,
+    data = load_data(write_npz(tmp_path / "d.npz", x_train=x, y_train=y), val_split=0.2,
                      test_split=0.2)
     assert data.class_names == ["0", "1", "2", "3"]
     assert [len(s) for s in data.splits().values()] == [24, 8, 8]
@@ -284,9 +278,9 @@ def test_npz_split_from_train_onehot_float(tmp_path):
     assert _rows(merged) == _rows(np.rint(x * 255).astype(np.uint8))
     for split in data.splits().values():
         assert np.array_equal(np.bincount(split.labels), np.full(4, len(split) // 4))
-    big = load_data(_npz(tmp_path / "e.npz", x_train=x[..., 0] * 200, y_train=y))
+    big = load_data(write_npz(tmp_path / "e.npz", x_train=x[..., 0] * 200, y_train=y))
     assert np.concatenate([s.array for s in big.splits().values()]).max() > 150
-    rgba = load_data(_npz(tmp_path / "f.npz", x_train=np.zeros((8, 4, 4, 4), np.uint8),
+    rgba = load_data(write_npz(tmp_path / "f.npz", x_train=np.zeros((8, 4, 4, 4), np.uint8),
                           y_train=np.arange(8) % 2, x_val=np.zeros((2, 4, 4, 4), np.uint8),
                           y_val=np.array([0, 1])))
     assert rgba.train.array.shape[-1] == 3 and rgba.test is None
@@ -349,27 +343,27 @@ def test_split_layout_errors(tmp_path):
 
 def test_bad_npz(tmp_path):
     x, y = np.zeros((6, 4, 4), np.uint8), np.arange(6) % 2
-    p = _npz(tmp_path / "a.npz", x_val=x, y_val=y)
+    p = write_npz(tmp_path / "a.npz", x_val=x, y_val=y)
     _bad(p, str(p), "no x_train and no y_train", "x_val", "Expected x_train and y_train")
-    p = _npz(tmp_path / "b.npz", x_train=x, y_train=y[:5])
+    p = write_npz(tmp_path / "b.npz", x_train=x, y_train=y[:5])
     _bad(p, str(p), "'y_train'", "(5,)", "6 images")
-    p = _npz(tmp_path / "c.npz", x_train=np.zeros((6, 4)), y_train=y)
+    p = write_npz(tmp_path / "c.npz", x_train=np.zeros((6, 4)), y_train=y)
     _bad(p, str(p), "'x_train'", "(6, 4)", "not a stack of images", "(n, h, w, 3)")
-    p = _npz(tmp_path / "d.npz", x_train=np.zeros((6, 4, 4, 2)), y_train=y)
+    p = write_npz(tmp_path / "d.npz", x_train=np.zeros((6, 4, 4, 2)), y_train=y)
     _bad(p, "(6, 4, 4, 2)", "not a stack of images")
-    p = _npz(tmp_path / "e.npz", x_train=x, y_train=np.array([{"a": 1}] * 6, dtype=object))
+    p = write_npz(tmp_path / "e.npz", x_train=x, y_train=np.array([{"a": 1}] * 6, dtype=object))
     _bad(p, str(p), "'y_train'", "pickled")
-    p = _npz(tmp_path / "f.npz", x_train=x, y_train=y, x_test=x)
+    p = write_npz(tmp_path / "f.npz", x_train=x, y_train=y, x_test=x)
     _bad(p, "x_test but no y_test")
-    p = _npz(tmp_path / "g.npz", x_train=x, y_train=np.zeros(6))
+    p = write_npz(tmp_path / "g.npz", x_train=x, y_train=np.zeros(6))
     _bad(p, str(p), "only one class", "at least two classes")
-    p = _npz(tmp_path / "h.npz", x_train=x, y_train=y - 1)
+    p = write_npz(tmp_path / "h.npz", x_train=x, y_train=y - 1)
     _bad(p, "'y_train'", "class indices")
-    p = _npz(tmp_path / "i.npz", x_train=x * np.nan, y_train=y)
+    p = write_npz(tmp_path / "i.npz", x_train=x * np.nan, y_train=y)
     _bad(p, "NaN")
-    p = _npz(tmp_path / "j.npz", x_train=x, y_train=y, class_names=np.array(["a", "b", "c"]))
+    p = write_npz(tmp_path / "j.npz", x_train=x, y_train=y, class_names=np.array(["a", "b", "c"]))
     _bad(p, "no images of class(es) 'c'")
-    p = _npz(tmp_path / "k.npz", x_train=x, y_train=y, x_val=x[:2], y_val=np.zeros(2))
+    p = write_npz(tmp_path / "k.npz", x_train=x, y_train=y, x_val=x[:2], y_val=np.zeros(2))
     _bad(p, "x_val/y_val", "no images of class(es) '1'", "every split")
 
 
@@ -380,7 +374,7 @@ def test_corrupt_npz(tmp_path):
     text = tmp_path / "text.npz"
     text.write_text("hello")
     _bad(text, str(text), ".npz")
-    good = _npz(tmp_path / "good.npz", x_train=np.ones((6, 4, 4), np.uint8),
+    good = write_npz(tmp_path / "good.npz", x_train=np.ones((6, 4, 4), np.uint8),
                 y_train=np.arange(6) % 2)
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(good.read_bytes()[:-40])
@@ -505,7 +499,7 @@ def _plausible_npz(draw) -> dict[str, np.ndarray]:
 def test_fuzz_npz(contents, cut, val, test):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "fuzz.npz"
-        np.savez(path, **contents)
+        write_npz(path, **contents)
         if cut is not None:
             path.write_bytes(path.read_bytes()[:cut])
         try:

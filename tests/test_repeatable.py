@@ -6,10 +6,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from helpers import animal_mnist_npz
 
 from automl.backbones.weights import WeightsResolver
 from automl.config import RunConfig, TrialConfig
-from automl.data import pipeline
 from automl.data.load import load_data
 from automl.trial.features import FeatureCache
 from automl.trial.run import SearchContext, TrialResult, run_trial
@@ -21,17 +21,8 @@ CONFIG = TrialConfig("efficientnet_lite0", 32, 0.98, 64, 0.2, 3e-3, "none")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - a Datasets
     """A fifth of the embedded default (as an .npz), to keep the live-path trial short."""
-    import numpy as np
-
-    full = load_data(None)
-    arrays = {}
-    for split, key in ((full.train, "train"), (full.validation, "val"), (full.test, "test")):
-        keep = np.arange(len(split))[::5]
-        arrays[f"x_{key}"] = np.stack(list(pipeline.images(split, 28).as_numpy_iterator()))[keep]
-        arrays[f"y_{key}"] = split.labels[keep]
     path = tmp_path_factory.mktemp("data") / "animals.npz"
-    np.savez(path, **arrays, class_names=np.array(full.class_names))
-    return load_data(str(path))
+    return load_data(str(animal_mnist_npz(path, from_splits=True, every=5)))
 
 
 def _trial(data, tmp: Path, cache: FeatureCache, cached: bool) -> TrialResult:  # noqa: ANN001

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import base64
-import csv
 import io
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _tiny import tiny_npz
+from helpers import animal_mnist_npz, csv_rows, load_study, run_cli
 from PIL import Image
-
-from automl.cli import main
 
 # every trial fine-tunes (freeze 0.9 < 1), so the best trial's curves have a phase 2 to mark
 SPACE = """\
@@ -34,26 +31,18 @@ TEST_IMAGES = 10 * 20
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 3-trial search (Lite0, 48 px, 2 + 1 epochs) on 400/100/200 Animal-MNIST images, then
     its report."""
-    import contextlib
-
     root = tmp_path_factory.mktemp("report")
     (root / "space.yaml").write_text(SPACE)
-    data = tiny_npz(root / "tiny.npz")
+    data = animal_mnist_npz(root / "tiny.npz")
     results = root / "results"
-    search_out = io.StringIO()
-    with contextlib.redirect_stdout(search_out):
-        assert main(["search", "--space", str(root / "space.yaml"), "--data", str(data),
-                     "--trials", "3", "--results", str(results), "--epochs", "2",
-                     "--fine-tune-epochs", "1", "--screen-fraction", "1"]) == 0
-    report_out = io.StringIO()
-    with contextlib.redirect_stdout(report_out):
-        assert main(["report", "--results", str(results)]) == 0
+    search_out = run_cli("search", "--space", root / "space.yaml", "--data", data, "--trials",
+                         "3", "--results", results, "--epochs", "2", "--fine-tune-epochs", "1",
+                         "--screen-fraction", "1").out
+    report_out = run_cli("report", "--results", results).out
     folder = results / "default"
-    with open(folder / "leaderboard.csv", newline="", encoding="utf-8") as fh:
-        board = list(csv.DictReader(fh))
-    return {"root": root, "results": results, "folder": folder, "board": board,
-            "search_out": search_out.getvalue(), "report_out": report_out.getvalue(),
-            "html": (folder / "report.html").read_text(encoding="utf-8")}
+    return {"root": root, "results": results, "folder": folder,
+            "board": csv_rows(folder / "leaderboard.csv"), "search_out": search_out,
+            "report_out": report_out, "html": (folder / "report.html").read_text(encoding="utf-8")}
 
 
 def _png(data: bytes) -> np.ndarray:
@@ -140,11 +129,7 @@ def test_sections_and_curves_of_the_best_trial(run: dict) -> None:
     assert "no fine-tuning phase" not in page
     assert "optuna-dashboard sqlite:///" in page
     # the best trial's history (stored with the study) has both phases
-    import optuna
-
-    study = optuna.load_study(study_name="default",
-                              storage=f"sqlite:///{run['folder'] / 'study.db'}")
-    best = study.trials[int(run["board"][0]["trial"])]
+    best = load_study(run["results"]).trials[int(run["board"][0]["trial"])]
     phases = [row["phase"] for row in best.user_attrs["history"]]
     assert phases[0] == 1 and phases[-1] == 2
 
@@ -167,9 +152,8 @@ def test_study_loads_with_the_url_the_readme_gives(run: dict, monkeypatch) -> No
     assert len(study.trials) == 3 and study.best_trial.number == int(run["board"][0]["trial"])
 
 
-def test_report_of_a_missing_study_is_a_clear_error(tmp_path: Path, capsys) -> None:
-    assert main(["report", "--results", str(tmp_path), "--study", "nope"]) == 2
-    err = capsys.readouterr().err
+def test_report_of_a_missing_study_is_a_clear_error(tmp_path: Path) -> None:
+    err = run_cli("report", "--results", tmp_path, "--study", "nope", code=2).err
     assert err.startswith("error: there is no study 'nope' in ")
     assert not (tmp_path / "nope").exists()
 

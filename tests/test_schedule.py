@@ -10,7 +10,6 @@ from automl.search.drivers.optuna_driver import (
     enqueue_start_trials,
     plan,
     start_trials,
-    suggest,
 )
 from automl.space import Categorical, Fixed, FloatRange, SearchSpace
 
@@ -35,14 +34,15 @@ def test_screening_fixes_the_expensive_dimensions_at_their_cheap_end() -> None:
 
 def test_refinement_drops_the_fully_frozen_end() -> None:
     refine = SearchSpace.from_dict(FULL).refinement()
-    assert refine["freeze_depth"] == Categorical("freeze_depth", (0.9, 0.8))
-    assert refine["augmentation"] == Categorical("augmentation", ("none", "flip"))
+    # every (freeze depth, augmentation) pair but the screening rung's own (1.0, none)
+    assert refine == {"variant": Categorical("variant", (
+        "1+flip", "0.9+none", "0.9+flip", "0.8+none", "0.8+flip"))}
     ranged = SearchSpace.from_dict({**FULL, "freeze_depth": {"low": 0.6, "high": 1.0}})
     freeze = ranged.refinement()["freeze_depth"]
     assert isinstance(freeze, FloatRange) and freeze.low == 0.6 and freeze.high < 1.0
     # frozen depth fixed: refinement is augmentation only, never "none" again
     fixed = SearchSpace.from_dict({**FULL, "freeze_depth": 1.0}).refinement()
-    assert fixed["augmentation"] == Fixed("augmentation", "flip")
+    assert fixed == {"variant": Fixed("variant", "1+flip")}
 
 
 def test_a_space_without_expensive_options_is_not_staged() -> None:
@@ -77,21 +77,27 @@ def test_plan_screens_then_refines_the_best_screened_configs() -> None:
     assert second.user_attrs["refines"] == screened[2].number  # then the second best
     for t, base in ((first, screened[1]), (second, screened[2])):
         config, base_config = t.user_attrs["config"], base.user_attrs["config"]
-        assert config["freeze_depth"] in (0.9, 0.8)
-        assert config["augmentation"] in ("none", "flip")
+        assert (config["freeze_depth"], config["augmentation"]) in (
+            (1.0, "flip"), (0.9, "none"), (0.9, "flip"), (0.8, "none"), (0.8, "flip"))
         for name in ("backbone", "image_size", "head_width", "dropout", "learning_rate"):
             assert config[name] == base_config[name]
-        assert set(t.params) == {"refine_freeze_depth", "refine_augmentation"}
+        assert set(t.params) == {"refine_variant"}
 
 
-@pytest.mark.parametrize("fraction", [1.0])
-def test_screen_fraction_one_means_no_staging(fraction: float) -> None:
+def test_screen_fraction_one_means_no_staging() -> None:
+    """Every trial, also past the 3 of 5 a staged search would screen, samples the whole space:
+    the expensive dimensions over all their choices, under their own names, nothing refined."""
     space = SearchSpace.from_dict(FULL)
-    study = optuna.create_study(direction="maximize")
-    trial = study.ask()
-    params = plan(space, study, trial, n_trials=5, screen_fraction=fraction)
-    assert trial.user_attrs["stage"] == "full"
-    assert set(params) == set(suggest(space, study.ask()))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    for value in (0.7, 0.9, 0.8, 0.95, 0.5):
+        trial = study.ask()
+        params = plan(space, study, trial, n_trials=5, screen_fraction=1.0)
+        assert trial.user_attrs["stage"] == "full"
+        assert trial.user_attrs.get("refines") is None
+        assert params == trial.params  # every dimension sampled, none fixed or taken over
+        assert trial.distributions["freeze_depth"].choices == (1.0, 0.9, 0.8)
+        assert trial.distributions["augmentation"].choices == ("none", "flip")
+        study.tell(trial, value)
 
 
 def test_a_new_study_starts_at_the_start_point_then_tries_heads_on_its_input() -> None:

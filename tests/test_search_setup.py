@@ -90,3 +90,17 @@ def test_keras_tuner_with_a_shared_storage_is_refused() -> None:
         "state lives in one project folder); use --driver optuna to share a study between "
         "workers.")
     assert "secret" not in str(err.value)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"pruner": "none"}, "--pruner applies to --driver optuna only"),
+    ({"pruner": "median"}, "--pruner applies to --driver optuna only"),
+    ({"screen_fraction": 0.5}, "--screen-fraction applies to --driver optuna only"),
+])
+def test_optuna_only_flags_are_refused_by_the_library_too(fields: dict, message: str) -> None:
+    from automl.search.run import SearchRequest, validate
+
+    with pytest.raises(ConfigError, match=message):
+        validate(SearchRequest(driver="keras-tuner", **fields))
+    validate(SearchRequest(driver="keras-tuner"))  # unset: the driver's own schedule
+    validate(SearchRequest(**fields))  # the Optuna driver takes them

@@ -6,8 +6,8 @@ import socket
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
-from automl.cli import main
 from automl.errors import ConfigError
 from automl.search.study import journal_path, open_storage, open_study, safe_url
 
@@ -59,15 +59,13 @@ def test_a_refused_connection_is_one_line_naming_the_host_without_the_password()
     assert SECRET not in message and "sqlalche.me" not in message
 
 
-def test_the_cli_prints_the_connection_error_and_exits_2(capsys: pytest.CaptureFixture) -> None:
+def test_the_cli_prints_the_connection_error_and_exits_2() -> None:
     port = _closed_port()
-    code = main(["leaderboard", "--storage", f"postgresql://automl:{SECRET}@127.0.0.1:{port}/db",
-                 "--study", "flowers"])
-    err = capsys.readouterr().err
-    assert code == 2
+    err = run_cli("leaderboard", "--storage", f"postgresql://automl:{SECRET}@127.0.0.1:{port}/db",
+                  "--study", "flowers", code=2).err
     assert err.startswith(f"error: cannot connect to the study storage at "
                           f"postgresql://automl:***@127.0.0.1:{port}/db: ")
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and SECRET not in err
+    assert len(err.strip().splitlines()) == 1 and SECRET not in err
 
 
 def test_a_missing_driver_names_the_package_to_install() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import csv_rows, image_folder, run_cli_process
 
 from automl.backbones.weights import WeightsResolver
 from automl.config import RunConfig, TrialConfig
@@ -139,37 +140,28 @@ def test_the_search_process_never_imports_tensorflow(tiny_npz: Path, tmp_path: P
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=600)
     assert out.stdout.splitlines()[-1] == "exit 0 tensorflow imported: False", out.stderr[-2000:]
-    board = (tmp_path / "results" / "default" / "leaderboard.csv").read_text().splitlines()
-    assert len(board) == 3 and all(",COMPLETE," in row for row in board[1:])
+    board = csv_rows(tmp_path / "results" / "default" / "leaderboard.csv")
+    assert [row["state"] for row in board] == ["COMPLETE"] * 2
 
 
 @pytest.mark.slow
 def test_a_folder_search_leaves_no_decoded_images_behind(tiny_npz: Path, tmp_path: Path) -> None:
     """The worker decodes the folder into a temporary cache; the search process removes it."""
-    import subprocess
-    import sys
-
     import numpy as np
-    from PIL import Image
 
     arrays = np.load(tiny_npz)
-    folder = tmp_path / "animals"
-    for i, (image, label) in enumerate(zip(arrays["x_train"], arrays["y_train"], strict=True)):
-        out = folder / str(arrays["class_names"][label]) / f"{i}.png"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.asarray(image, np.uint8)).save(out)
+    folder = image_folder(tmp_path / "animals", {
+        str(name): arrays["x_train"][arrays["y_train"] == label]
+        for label, name in enumerate(arrays["class_names"])})
     space = tmp_path / "space.yaml"
     space.write_text("backbone: efficientnet_lite0\nimage_size: 32\nfreeze_depth: 1.0\n"
                      "head_width: 0\ndropout: 0.0\nlearning_rate: 3.0e-3\n"
                      "augmentation: none\n")
     temp = tmp_path / "tmp"
     temp.mkdir()
-    out = subprocess.run([sys.executable, "-m", "automl.cli", "search", "--space", str(space),
-                          "--data", str(folder), "--results", str(tmp_path / "results"),
-                          "--trials", "2", "--epochs", "1", "--quiet"],
-                         capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "TMPDIR": str(temp)})
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = run_cli_process("search", "--space", space, "--data", folder, "--results",
+                          tmp_path / "results", "--trials", "2", "--epochs", "1", "--quiet",
+                          env={"TMPDIR": str(temp)})
     assert "oneDNN" not in out.stderr and "cuInit" not in out.stderr
     assert not list(temp.glob("automl-images-*"))
 

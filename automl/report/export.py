@@ -19,6 +19,7 @@ import numpy as np
 from automl.config import TrialConfig
 from automl.data import pipeline
 from automl.errors import ConfigError
+from automl.search.record import StudyRecord
 
 SERVING_NOTE = "serving_default: images [batch, height, width, 3] float32 0..255 -> probabilities"
 
@@ -59,15 +60,38 @@ def pick_trial(board: Any, trial: int | None) -> Any:
     return row
 
 
-def build_trained(row: Any, class_names: list[str], weights_file: Path) -> Any:
-    """Rebuild a trial's inference model (same builder as the search) with its saved weights."""
+def build_trained(row: Any, class_names: list[str], weights_file: Path,
+                  result: dict[str, Any] | None = None) -> Any:
+    """Rebuild a trial's inference model (same builder as the search) with its saved weights.
+
+    ``result`` is the trial's recorded result. A trial that trained only a head on cached
+    activations kept only the head (``weights_kind`` "head"): the backbone is rebuilt from the
+    pretrained weights it was given (found again and checked by their identity), and the head's
+    weights go on top.
+    """
     from automl.backbones.registry import get_spec
+    from automl.backbones.weights import recorded_source
+    from automl.errors import WeightsError
     from automl.trial.model import build_model, reset_keras
 
     config = TrialConfig.from_params(row.to_dict())
-    reset_keras(0)
-    tm = build_model(config, get_spec(config.backbone), len(class_names), None)
-    tm.inference.load_weights(str(weights_file))
+    spec = get_spec(config.backbone)
+    result = result or {}
+    if result.get("weights_kind") != "head":
+        reset_keras(0)
+        tm = build_model(config, spec, len(class_names), None)
+        tm.inference.load_weights(str(weights_file))
+        return tm
+    identity = str(result.get("backbone_identity", ""))
+    try:
+        source = recorded_source(spec, config.image_size, result.get("backbone_weights"),
+                                 identity)
+    except WeightsError as exc:
+        raise ConfigError(f"trial {int(row['trial'])}: {exc}") from None
+    # random initialisation (--weights none) is reproduced from the run seed it recorded
+    reset_keras(int(identity.split(":", 1)[1]) if identity.startswith("random:") else 0)
+    tm = build_model(config, spec, len(class_names), source.weights)
+    tm.head.load_weights(str(weights_file))
     return tm
 
 
@@ -102,7 +126,7 @@ def serving_module(inference: Any, image_size: int, n_classes: int) -> Any:
 
 def export_trial(row: Any, class_names: list[str], weights_file: Path, out: Path,
                  check_images: np.ndarray, test: tuple[Any, np.ndarray | None] | None = None,
-                 ) -> ExportReport:
+                 result: dict[str, Any] | None = None) -> ExportReport:
     """Write ``out`` (SavedModel, model.keras, labels.txt, automl.json) and verify the round trip.
 
     ``check_images`` (a few validation images, uint8 HxWx3) are predicted in memory and by the
@@ -114,7 +138,7 @@ def export_trial(row: Any, class_names: list[str], weights_file: Path, out: Path
 
     from automl.trial.run import scores
 
-    tm = build_trained(row, class_names, weights_file)
+    tm = build_trained(row, class_names, weights_file, result)
     size = int(row["image_size"])
     module = serving_module(tm.inference, size, len(class_names))
     out = Path(out)
@@ -204,16 +228,28 @@ def predict_files(model_dir: Path, files: list[str], top: int = 1) -> list[dict[
     return results
 
 
+def study_data(study: Any, data: str | None = None) -> Any:
+    """The study's data, loaded as the search loaded it (splits and seed recorded); ``data``
+    (``--data``) names where it is now when it has moved since the search."""
+    from automl.data.load import load_data
+
+    meta = StudyRecord.of(study).data or {}
+    return load_data(data if data is not None else meta.get("data"),
+                     val_split=meta.get("val_split", 0.15),
+                     test_split=meta.get("test_split", 0.15), seed=meta.get("seed", 0))
+
+
 def export_study(results: Path, study_name: str, storage: str | None, trial: int | None,
-                 out: Path, check: int = 32, artifacts: str | None = None) -> ExportReport:
+                 out: Path, check: int = 32, artifacts: str | None = None,
+                 data: str | None = None) -> ExportReport:
     """Export the best (or ``trial``) trial of a study, checking it against the study's data.
 
     Kept weights are looked up under ``artifacts`` (default: the folder the search recorded, or
     ``<results>/<study>/trials``), so any machine that reaches the storage and that folder can
-    export.
+    export. ``data`` is the study's data where it is now (default: where the search read it).
     """
-    from automl.data.load import load_data
     from automl.search import leaderboard
+    from automl.search.record import StudyRecord, TrialRecord
     from automl.search.study import artifact_root, open_study
     from automl.trial.run import weights_path
 
@@ -233,16 +269,17 @@ def export_study(results: Path, study_name: str, storage: str | None, trial: int
                           "re-run the search.")
     row = pick_trial(board, trial)
     number = int(row["trial"])
-    relative = study.get_trials(deepcopy=False)[number].user_attrs.get("weights")
+    chosen = TrialRecord.of(study.get_trials(deepcopy=False)[number])
+    relative = chosen.weights
     weights = root / relative if relative else weights_path(root, number)
     if not weights.is_file():
         raise ConfigError(f"the weights of trial {number} ({weights}) are missing; they may have "
                           "been deleted. Export another trial with --trial N, or pass "
                           "--artifacts DIR with the folder the search kept them in.")
-    meta = study.user_attrs.get("data") or {}
-    class_names = list(study.user_attrs.get("class_names") or [])
-    data = load_data(meta.get("data"), val_split=meta.get("val_split", 0.15),
-                     test_split=meta.get("test_split", 0.15), seed=meta.get("seed", 0))
+    recorded = StudyRecord.of(study)
+    meta = recorded.data or {}
+    class_names = list(recorded.class_names)
+    data = study_data(study, data)
     size = int(row["image_size"])
     val = np.stack(list(pipeline.images(data.validation, size).take(check).as_numpy_iterator()))
     test = None
@@ -256,4 +293,4 @@ def export_study(results: Path, study_name: str, storage: str | None, trial: int
         row["test_accuracy"] = float("nan")
     if data.test is not None:
         test = (pipeline.dataset(data.test, size, 256), data.test.labels)
-    return export_trial(row, class_names, weights, out, val, test)
+    return export_trial(row, class_names, weights, out, val, test, chosen.result)

@@ -27,6 +27,7 @@ from automl.data import pipeline
 from automl.errors import AutoMLError, ConfigError
 from automl.report import metrics
 from automl.search import leaderboard
+from automl.search.record import StudyRecord, TrialRecord
 from automl.space import DIMENSIONS
 
 log = logging.getLogger("automl")
@@ -99,7 +100,7 @@ class _Page:
 
 
 def build_report(results: Path, study_name: str, storage: str | None = None,
-                 artifacts: str | None = None) -> Report:
+                 artifacts: str | None = None, data: str | None = None) -> Report:
     """Write ``results/<study>/report.html`` and ``results/<study>/report/*.png``.
 
     ``artifacts``: where the kept weights are (``--artifacts``; default as the search chose).
@@ -119,7 +120,7 @@ def build_report(results: Path, study_name: str, storage: str | None = None,
     _history(page, board)
     _importances(page, study)
     _dimensions(page, done)
-    test, per_class = _best_trial(page, study, board, root)
+    test, per_class = _best_trial(page, study, board, root, data)
     url = storage_url(Path(results), study_name, storage)
     page.heading("More")
     page.parts.append("<p>Browse the study interactively with optuna-dashboard: "
@@ -139,7 +140,7 @@ def _display_url(url: str) -> str:
 
 
 def _overview(page: _Page, study: Any, board: pd.DataFrame, done: pd.DataFrame) -> None:
-    data = study.user_attrs.get("data") or {}
+    data = StudyRecord.of(study).data or {}
     counts = board["state"].value_counts()
     states = ", ".join(f"{counts[s]} {s.lower()}" for s in counts.index)
     page.text(f"Data: {data.get('source', 'unknown')}. Trials: {len(board)} ({states or 'none'}).")
@@ -176,7 +177,7 @@ def importance_groups(study: Any) -> tuple[list[tuple[str, dict[str, float]]], l
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     stages: dict[str, list[Any]] = defaultdict(list)
     for trial in complete:
-        stages[trial.user_attrs.get("stage") or "full"].append(trial)
+        stages[TrialRecord.of(trial).stage or "full"].append(trial)
     groups, notes = [], []
     for stage, trials in stages.items():
         name = {"screen": "screening", "refine": "refinement", "full": "all"}.get(stage, stage)
@@ -227,7 +228,7 @@ def _dimensions(page: _Page, done: pd.DataFrame) -> None:
 
 
 def _best_trial(page: _Page, study: Any, board: pd.DataFrame, root: Path,
-                ) -> tuple[TestEvaluation | None, pd.DataFrame | None]:
+                data: str | None = None) -> tuple[TestEvaluation | None, pd.DataFrame | None]:
     from automl.report.plots import curves_figure
 
     page.heading("Best trial: training curves")
@@ -237,7 +238,7 @@ def _best_trial(page: _Page, study: Any, board: pd.DataFrame, root: Path,
         return None, None
     number = int(row["trial"])
     trial = study.get_trials(deepcopy=False)[number]
-    history = trial.user_attrs.get("history") or []
+    history = TrialRecord.of(trial).history
     config = ", ".join(f"{k}={_short(row[k])}" for k in DIMENSIONS)
     page.text(f"Trial {number} (validation accuracy {row['val_accuracy']:.4f}): {config}.")
     if history:
@@ -251,7 +252,7 @@ def _best_trial(page: _Page, study: Any, board: pd.DataFrame, root: Path,
         page.note(f"Trial {number} has no stored per-epoch history.")
     page.heading("Best trial on the test split")
     try:
-        test, images, size = evaluate_test(study, row, root)
+        test, images, size = evaluate_test(study, row, root, data)
     except AutoMLError as exc:  # weights deleted, data no longer where the search found it
         page.note(f"The test-split sections are missing: {exc}")
         return None, None
@@ -266,34 +267,27 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def study_data(study: Any) -> Any:
-    """The study's data, loaded as the search loaded it (source, splits and seed recorded)."""
-    from automl.data.load import load_data
-
-    meta = study.user_attrs.get("data") or {}
-    return load_data(meta.get("data"), val_split=meta.get("val_split", 0.15),
-                     test_split=meta.get("test_split", 0.15), seed=meta.get("seed", 0))
-
-
-def evaluate_test(study: Any, row: pd.Series, artifacts: Path,
+def evaluate_test(study: Any, row: pd.Series, artifacts: Path, source: str | None = None,
                   ) -> tuple[TestEvaluation | None, Any, int]:
     """Rebuild the trial's model from its kept weights and predict the test split."""
     import tensorflow as tf
 
-    from automl.report.export import build_trained
+    from automl.report.export import build_trained, study_data
     from automl.trial.run import weights_path
 
     number = int(row["trial"])
-    relative = study.trials[number].user_attrs.get("weights")
+    chosen = TrialRecord.of(study.trials[number])
+    relative = chosen.weights
     weights = artifacts / relative if relative else weights_path(artifacts, number)
     if not weights.is_file():
         raise ConfigError(f"the weights of trial {number} ({weights}) are missing; they may "
                           "have been deleted. Re-run the search to rebuild them.")
-    data = study_data(study)
+    data = study_data(study, source)
     if data.test is None:
         return None, None, 0
-    meta = study.user_attrs.get("data") or {}
-    class_names = list(study.user_attrs.get("class_names") or data.class_names)
+    recorded = StudyRecord.of(study)
+    meta = recorded.data or {}
+    class_names = list(recorded.class_names or data.class_names)
     recorded = row.get("test_accuracy")
     recorded = None if recorded is None or pd.isna(recorded) else float(recorded)
     if data.fingerprint != meta.get("fingerprint"):
@@ -301,7 +295,7 @@ def evaluate_test(study: Any, row: pd.Series, artifacts: Path,
                     "trial on it as it is now", data.source)
         recorded = None
     size = int(row["image_size"])
-    tm = build_trained(row, class_names, weights)
+    tm = build_trained(row, class_names, weights, chosen.result)
     batches = pipeline.dataset(data.test, size, 256).map(lambda x, y: x).prefetch(tf.data.AUTOTUNE)
     probs = metrics.as_multiclass(tm.inference.predict(batches, verbose=0))
     labels = np.asarray(data.test.labels)

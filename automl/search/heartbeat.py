@@ -8,7 +8,6 @@ for its trials; our driver uses ask/tell, so ``beating`` does it for the trial i
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 import threading
@@ -22,8 +21,10 @@ from typing import Any
 
 import optuna
 from optuna.storages import JournalStorage
-from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
+
+from automl.search import optuna_private, record
+from automl.search.optuna_private import BaseHeartbeat
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,8 @@ class Heartbeat:
     max_retry: int = 3
 
 
-
 log = logging.getLogger("automl")
-# what a retried trial takes over from the one it replaces (its schedule and configuration)
-INHERITED = ("config", "stage", "refines")
+# the journal storage's heartbeat: a system attribute of our own storage, not a trial record field
 _BEAT_ATTR = "automl:heartbeat"
 
 try:  # Optuna >= 4.9 renamed the callback and its storage argument
@@ -55,7 +54,7 @@ class RetryStale:
     """Queue a stale trial again (WAITING) with its parameters and automl's schedule attributes.
 
     Optuna's retry callback copies every user attribute; the new trial must not inherit the dead
-    worker's host or a half-written history, only what defines the trial.
+    worker's host or a half-written history, only what defines the trial (``record.retry_copy``).
     """
 
     def __init__(self, max_retry: int | None) -> None:
@@ -64,9 +63,7 @@ class RetryStale:
             self._retry = _Retry(max_retry=max_retry)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        kept = copy.deepcopy(trial)
-        kept.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in INHERITED}
-        kept.user_attrs["retry_of"] = trial.user_attrs.get("retry_of", trial.number)
+        kept = record.retry_copy(trial)
         # the dead worker's last beat would make the copy look stale the moment it is taken
         kept.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != _BEAT_ATTR}
         self._retry(study, kept)
@@ -95,7 +92,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
             return []
         limit = time.time() - self._heartbeat.grace
         running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        return [t._trial_id for t in running
+        return [optuna_private.trial_id(t) for t in running
                 if t.system_attrs.get(_BEAT_ATTR, limit) < limit]
 
     def get_heartbeat_interval(self) -> int | None:
@@ -110,7 +107,22 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
 
 def enabled(study: optuna.Study) -> bool:
     """Whether the study's storage records heartbeats (a shared --storage)."""
-    return is_heartbeat_enabled(study._storage)
+    return optuna_private.heartbeat_enabled(study)
+
+
+def interval(study: optuna.Study) -> int | None:
+    """Seconds between heartbeats of the study's storage (None: no heartbeats)."""
+    return optuna_private.storage(study).get_heartbeat_interval() if enabled(study) else None
+
+
+def retried_from(trial: FrozenTrial) -> int | None:
+    """The stale trial that ``trial`` retries (the last of a retry chain), or None."""
+    with warnings.catch_warnings():  # Optuna marks these readers experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        first = _Retry.retried_trial_number(trial)
+        if first is None:
+            return None
+        return int((_Retry.retry_history(trial) or [first])[-1])
 
 
 def fail_stale(study: optuna.Study) -> None:
@@ -127,17 +139,18 @@ def beating(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     if not enabled(study):
         yield
         return
-    storage = study._storage
-    interval = storage.get_heartbeat_interval()
+    storage = optuna_private.storage(study)
+    every = storage.get_heartbeat_interval()
+    trial_id = optuna_private.trial_id(trial)
     stop = threading.Event()
 
     def beat() -> None:
         while True:
             try:
-                storage.record_heartbeat(trial._trial_id)
+                storage.record_heartbeat(trial_id)
             except Exception:  # the trial was just told, or the server blinked: try again
                 log.debug("heartbeat of trial %d not recorded", trial.number, exc_info=True)
-            if stop.wait(interval):
+            if stop.wait(every):
                 return
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import pandas as pd
 
 from automl.atomic import write_atomic
+from automl.search.heartbeat import retried_from
+from automl.search.record import TrialRecord
 from automl.space import DIMENSIONS
 
 COLUMNS = ["trial", "state", "val_accuracy", "val_loss", "test_accuracy", *DIMENSIONS,
@@ -28,9 +31,16 @@ def trial_row(number: int, state: str, attrs: dict[str, Any],
     ``artifacts`` is the artifact root its kept weights are looked up in (their path relative
     to it is the ``weights`` attribute); without it, the path recorded by the search is used.
     """
-    result = attrs.get("result") or {}
-    config = attrs.get("config") or {}
-    state = attrs.get("state_detail", state) if state == "FAIL" else state
+    return record_row(number, state, TrialRecord.from_attrs(attrs), intermediate, artifacts)
+
+
+def record_row(number: int, state: str, rec: TrialRecord,
+               intermediate: dict[int, float] | None = None,
+               artifacts: Path | None = None) -> dict[str, Any]:
+    """One leaderboard row from a trial's number, state and record (see ``trial_row``)."""
+    result, config = rec.result, rec.config
+    if state == "FAIL" and rec.state_detail is not None:
+        state = rec.state_detail
     row: dict[str, Any] = {"trial": number, "state": state}
     row["val_accuracy"] = result.get("val_accuracy")
     if row["val_accuracy"] is None and intermediate:
@@ -38,33 +48,33 @@ def trial_row(number: int, state: str, attrs: dict[str, Any],
     row["val_loss"] = result.get("val_loss")
     row["test_accuracy"] = result.get("test_accuracy")
     row.update({name: config.get(name) for name in DIMENSIONS})
-    history = attrs.get("history") or []
+    history = rec.history
     row["epochs"] = result.get("epochs", len(history) or (max(intermediate) if intermediate
                                                            else None))
     for key in ("best_phase", "train_seconds", "params", "cut"):
         row[key] = result.get(key)
     weights = result.get("weights_file")
-    if artifacts is not None and attrs.get("weights"):
-        weights = str(Path(artifacts) / attrs["weights"])
+    if artifacts is not None and rec.weights:
+        weights = str(Path(artifacts) / rec.weights)
     row["weights_kept"] = bool(weights) and Path(weights).is_file()
-    row["stage"] = attrs.get("stage", "")
-    row["reason"] = attrs.get("reason", "")
-    if not row["reason"] and attrs.get("retry_of") is not None:
-        row["reason"] = f"retry of trial {attrs['retry_of']}"
-    row["host"] = attrs.get("host", "")
+    row["stage"] = rec.stage
+    row["reason"] = rec.reason
+    if not row["reason"] and rec.retry_of is not None:
+        row["reason"] = f"retry of trial {rec.retry_of}"
+    row["host"] = rec.host
     return row
 
 
-def _stale_reasons(trials: list[Any]) -> dict[int, str]:
+def _stale_reasons(trials: list[Any], records: list[TrialRecord]) -> dict[int, str]:
     """Why failed trials without a reason failed: their worker stopped sending heartbeats."""
     retried: dict[int, int] = {}
     for t in trials:
-        if t.system_attrs.get("failed_trial") is not None:
-            history = t.system_attrs.get("retry_history") or [t.system_attrs["failed_trial"]]
-            retried[int(history[-1])] = t.number
+        stale = retried_from(t)
+        if stale is not None:
+            retried[stale] = t.number
     reasons = {}
-    for t in trials:
-        if t.state.name == "FAIL" and not t.user_attrs.get("reason"):
+    for t, rec in zip(trials, records, strict=True):
+        if t.state.name == "FAIL" and not rec.reason:
             again = f"; retried as trial {retried[t.number]}" if t.number in retried else ""
             reasons[t.number] = ("its worker stopped sending heartbeats (killed, crashed or cut "
                                  f"off){again}")
@@ -74,11 +84,13 @@ def _stale_reasons(trials: list[Any]) -> dict[int, str]:
 def from_study(study: Any, artifacts: Path | None = None) -> pd.DataFrame:
     """The ranked leaderboard of an Optuna study (one row per trial, best first)."""
     trials = study.get_trials(deepcopy=False)
-    stale = _stale_reasons(trials)
+    records = [TrialRecord.of(t) for t in trials]
+    stale = _stale_reasons(trials, records)
     rows = []
-    for t in trials:
-        attrs = {**t.user_attrs, "reason": stale[t.number]} if t.number in stale else t.user_attrs
-        rows.append(trial_row(t.number, t.state.name, attrs, t.intermediate_values, artifacts))
+    for t, rec in zip(trials, records, strict=True):
+        if t.number in stale:
+            rec = dataclasses.replace(rec, reason=stale[t.number])
+        rows.append(record_row(t.number, t.state.name, rec, t.intermediate_values, artifacts))
     return rank(pd.DataFrame(rows, columns=COLUMNS))
 
 

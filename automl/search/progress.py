@@ -3,8 +3,9 @@ r"""The live view of a search: trial i of N, elapsed and remaining time, running
 A driver tells a ``SearchProgress`` what happens (``start``, ``trial_start``, ``epoch``,
 ``trial_end``, ``note``, ``close``); how it is shown depends on where the output goes:
 
-- ``LiveProgress``: a terminal. A status block at the bottom is redrawn in place (plain ANSI
-  escapes), finished trials scroll above it as permanent lines.
+- ``LiveProgress``: a terminal. A status block at the bottom (trials done as a bar, the
+  running trial, its last epoch, the best) is redrawn in place by ``rich.live.Live``; finished
+  trials are printed above it as permanent lines.
 - ``LineProgress``: not a terminal (CI, ``| tee``, a file). One plain line per finished trial.
 - ``SearchProgress`` itself shows nothing (``--quiet``): warnings still go to stderr through
   logging, and the CLI prints the final summary.
@@ -27,16 +28,22 @@ Any driver can call it: nothing here knows about Optuna or Keras.
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.live import Live
+from rich.padding import Padding
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
 PHASES = {1: "head", 2: "fine-tune"}
+STATE_STYLES = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "INTERRUPTED": "magenta"}
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,7 @@ class SearchProgress:
         if end.best_value is not None and end.best_trial is not None:
             self.best = (end.best_value, end.best_trial)
         self.current, self.last_epoch = None, None
-        self.show_line(self.trial_line(end))
+        self.show_trial(end, self.trial_line(end))
 
     def note(self, text: str) -> None:
         """A message for the user (e.g. the study and data being used)."""
@@ -153,20 +160,15 @@ class SearchProgress:
         return f"{text}{' ' + got if got else ''}{best} | {params_text(end.params)} | " \
             f"{self.timing()}"
 
-    def status_lines(self) -> list[str]:
-        """The live block: where the search is, the running trial, its epoch, the best."""
+    def header(self) -> str:
+        """Where the search is: trial i of N (and how many finished)."""
         running = min(self.finished + 1, self.total) if self.current is not None \
             else self.finished
-        lines = [f"trial {running} of {self.total} ({self.finished} finished) | {self.timing()}"]
-        if self.current is not None:
-            stage = f" [{self.current_stage}]" if self.current_stage else ""
-            lines.append(f"  running trial {self.current}{stage}: "
-                         f"{params_text(self.current_params)}")
-            lines.append("  " + self.epoch_text())
-        best = (f"best val_acc {self.best[0]:.4f} (trial {self.best[1]})" if self.best
+        return f"trial {running} of {self.total} ({self.finished} finished)"
+
+    def best_text(self) -> str:
+        return (f"best val_acc {self.best[0]:.4f} (trial {self.best[1]})" if self.best
                 else "best val_acc -")
-        lines.append("  " + best)
-        return lines
 
     def epoch_text(self) -> str:
         row = self.last_epoch
@@ -188,6 +190,10 @@ class SearchProgress:
     def show_line(self, text: str) -> None:
         """Print a permanent line."""
 
+    def show_trial(self, end: TrialEnd, line: str) -> None:
+        """Print the permanent line ``line`` of the finished trial ``end``."""
+        self.show_line(line)
+
 
 class LineProgress(SearchProgress):
     """Plain lines, one per finished trial (and each note): for logs, CI and pipes.
@@ -204,82 +210,215 @@ class LineProgress(SearchProgress):
         self.echo(text)
 
 
-class LiveProgress(SearchProgress):
-    """A status block redrawn in place at the bottom of a terminal; finished trials above it.
+class Status:
+    """A snapshot of the live block, laid out for whatever width it is drawn at (a rich renderable).
 
-    A background thread redraws it every ``tick`` seconds so the clock moves during long
-    epochs. Log records (warnings) first clear the block so they never interleave with it.
+    Immutable: ``rich`` may redraw it from another thread (a ``print`` above the block).
     """
 
-    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic,
-                 tick: float | None = 1.0) -> None:
+    BAR = (10, 30)  # the trials-done bar: narrowest worth drawing, widest
+
+    def __init__(self, view: SearchProgress) -> None:
+        self.header = view.header()
+        self.timing = view.timing()
+        self.total, self.finished = max(1, view.total), min(view.finished, max(1, view.total))
+        self.running = None if view.current is None else (
+            f"running trial {view.current}"
+            + (f" [{view.current_stage}]" if view.current_stage else "") + ":",
+            params_text(view.current_params))
+        self.epoch = view.epoch_text() if view.current is not None else None
+        self.waiting = view.last_epoch is None
+        self.best = view.best_text()
+        self.has_best = view.best is not None
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        low, high = self.BAR
+        header = Text(self.header, style="bold")
+        timing = Text(self.timing)
+        room = width - len(self.header) - len(self.timing) - 2
+        if room >= low:  # one line: header, bar, timing
+            yield self._row(header, self._bar(min(room, high)), timing)
+        else:  # narrow: the timing goes below
+            room = width - len(self.header) - 1
+            yield self._row(header, self._bar(min(room, high))) if room >= low else header
+            yield self._indented(timing)
+        if self.running is not None:
+            label, params = self.running
+            if width - 2 - len(label) - 1 >= 24:  # params wrap under themselves
+                grid = Table.grid(padding=(0, 1))
+                grid.add_column(no_wrap=True)
+                grid.add_column(overflow="fold")
+                grid.add_row(Text(label, style="bold cyan"), Text(params))
+                yield self._indented(grid)
+            else:
+                yield self._indented(Text.assemble((label, "bold cyan"), " ", params,
+                                                   overflow="fold"))
+        if self.epoch is not None:
+            yield self._indented(Text(self.epoch, style="dim italic" if self.waiting else ""))
+        yield self._indented(Text(self.best, style="green" if self.has_best else "dim"))
+
+    def _bar(self, width: int) -> ProgressBar:
+        return ProgressBar(total=self.total, completed=self.finished, width=width)
+
+    @staticmethod
+    def _row(*cells: RenderableType) -> Table:
+        grid = Table.grid(padding=(0, 1))
+        for _ in cells:
+            grid.add_column(no_wrap=True)
+        grid.add_row(*cells)
+        return grid
+
+    @staticmethod
+    def _indented(renderable: RenderableType) -> Padding:
+        return Padding(renderable, (0, 0, 0, 2))
+
+
+class _MakesRoom:
+    """A stream (stderr, a log handler's) that takes the live block down while it writes.
+
+    Whatever else writes to the terminal would otherwise land inside the block, and the next
+    redraw would overwrite it. Writes hold the view's lock, so the ticker cannot redraw between
+    taking the block down and the write.
+    """
+
+    def __init__(self, stream: TextIO, view: LiveProgress) -> None:
+        self.stream, self.view = stream, view
+
+    def write(self, text: str) -> int:
+        with self.view.lock:
+            self.view.hide()
+            written = self.stream.write(text)
+            self.stream.flush()
+            if text.endswith("\n"):  # the cursor is at the start of a line: draw it again
+                self.view.refresh()
+            return written
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+class LiveProgress(SearchProgress):
+    """A status block at the bottom of a terminal, redrawn in place by ``rich.live.Live``;
+    finished trials are printed above it as permanent lines.
+
+    A background thread redraws it every ``tick`` seconds so the clock moves during long
+    epochs. While it is shown, stderr and the terminal log handlers (of the root, ``automl``
+    and ``optuna`` loggers) take the block down before they write, so a warning never lands
+    inside it; ``print`` to stdout goes above it (``rich``'s own redirection).
+    """
+
+    LOGGERS = ("", "automl", "optuna")
+
+    def __init__(self, stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic, tick: float | None = 1.0, *,
+                 console: Console | None = None) -> None:
         super().__init__(clock)
-        self.stream, self.tick = stream, tick
-        self.drawn = 0  # lines of the block now on screen
-        self.live = False
+        self.console = console if console is not None else Console(
+            file=stream, highlight=False, emoji=False)
+        self.tick = tick
         self.lock = threading.RLock()
-        self.stop = threading.Event()
+        self.live: Live | None = None
+        self.hidden = False  # the block is taken down until the next refresh
+        self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
-        self.handlers: list[logging.Handler] = []
+        self.wrapped: list[tuple[logging.StreamHandler[Any], TextIO]] = []
+        self.stderr: TextIO | None = None  # sys.stderr while ours is in its place
 
     def start(self, total: int, finished: int = 0, **kwargs: Any) -> None:
         super().start(total, finished, **kwargs)
-        self.live = True
-        for handler in logging.getLogger().handlers + logging.getLogger("automl").handlers:
-            handler.addFilter(self._before_log)
-            self.handlers.append(handler)
-        self.refresh()
+        with self.lock:
+            self.live = Live(console=self.console, auto_refresh=False, transient=True,
+                             redirect_stdout=self.console.file is sys.stdout,
+                             redirect_stderr=False)
+            self.live.start()
+            self._make_room()
+            self.refresh()
         if self.tick:
             self.thread = threading.Thread(target=self._ticker, name="automl-progress",
                                            daemon=True)
             self.thread.start()
 
     def _ticker(self) -> None:
-        while not self.stop.wait(self.tick):
+        while not self.stopping.wait(self.tick):
             self.refresh()
 
-    def _before_log(self, record: logging.LogRecord) -> bool:
-        self.clear()
-        return True  # a filter that only makes room: the record is always emitted
-
-    def clear(self) -> None:
-        """Erase the block (cursor back to where it started)."""
+    def render(self) -> Status:
+        """The live block as it is now (a ``rich`` renderable)."""
         with self.lock:
-            if self.drawn:
-                self.stream.write(f"\x1b[{self.drawn}F\x1b[J")
-                self.drawn = 0
-                self.stream.flush()
+            return Status(self)
 
     def refresh(self) -> None:
         with self.lock:
-            if not self.live:
-                return
-            width = max(20, shutil.get_terminal_size((100, 24)).columns - 1)
-            lines = [part for line in self.status_lines()  # wrapped here: the terminal must
-                     for part in textwrap.wrap(line, width, subsequent_indent="      ",
-                                               drop_whitespace=True) or [""]]  # not wrap
-            up = f"\x1b[{self.drawn}F" if self.drawn else ""
-            self.stream.write(up + "".join(f"\x1b[2K{line}\n" for line in lines) + "\x1b[J")
-            self.drawn = len(lines)
-            self.stream.flush()
+            if self.live is not None:
+                self.live.update(self.render(), refresh=True)
+                self.hidden = False
+
+    def hide(self) -> None:
+        """Erase the block until the next refresh; the cursor is left where it began."""
+        with self.lock:
+            if self.live is not None and not self.hidden:
+                # an empty line in its place: the next refresh erases only the line the cursor
+                # is on, whatever was written from there on stays
+                self.live.update(Text(""), refresh=True)
+                self.hidden = True
 
     def show_line(self, text: str) -> None:
-        with self.lock:
-            self.clear()
-            self.stream.write(text + "\n")
-            self.stream.flush()
+        self.show_text(Text(text))
+
+    def show_trial(self, end: TrialEnd, line: str) -> None:
+        text = Text(line)
+        at = line.index(f" {end.state}") + 1
+        text.stylize(STATE_STYLES.get(end.state, ""), at, at + len(end.state))
+        self.show_text(text)
+
+    def show_text(self, text: Text) -> None:
+        with self.lock:  # printed above the block (rich's render hook) and left as it is
+            self.console.print(text, soft_wrap=True)
             self.refresh()
 
     def close(self) -> None:
-        self.stop.set()
-        with self.lock:
-            self.live = False
+        self.stopping.set()
         if self.thread is not None:
             self.thread.join(timeout=5)
-        for handler in self.handlers:
-            handler.removeFilter(self._before_log)
-        self.handlers = []
-        self.clear()
+        with self.lock:
+            self._give_room_back()
+            if self.live is not None:
+                self.live.stop()  # transient: the block is erased
+                self.live = None
+
+    def _make_room(self) -> None:
+        for name in self.LOGGERS:
+            for handler in logging.getLogger(name).handlers:
+                if (isinstance(handler, logging.StreamHandler)
+                        and not isinstance(handler, logging.FileHandler)
+                        and _is_terminal(handler.stream)
+                        and not isinstance(handler.stream, _MakesRoom)):
+                    self.wrapped.append((handler, handler.stream))
+                    handler.setStream(_MakesRoom(handler.stream, self))
+        if _is_terminal(sys.stderr) and not isinstance(sys.stderr, _MakesRoom):
+            self.stderr, sys.stderr = sys.stderr, _MakesRoom(sys.stderr, self)  # type: ignore[assignment]
+
+    def _give_room_back(self) -> None:
+        for handler, stream in self.wrapped:
+            if isinstance(handler.stream, _MakesRoom) and handler.stream.view is self:
+                handler.setStream(stream)
+        self.wrapped = []
+        if self.stderr is not None:
+            if isinstance(sys.stderr, _MakesRoom) and sys.stderr.view is self:
+                sys.stderr = self.stderr
+            self.stderr = None
+
+
+def _is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty is not None and isatty())
+    except ValueError:  # closed
+        return False
 
 
 def make_progress(stream: TextIO | None = None, quiet: bool = False) -> SearchProgress:
@@ -289,5 +428,5 @@ def make_progress(stream: TextIO | None = None, quiet: bool = False) -> SearchPr
         return SearchProgress()
     isatty = getattr(stream, "isatty", None)
     if isatty is not None and isatty():
-        return LiveProgress(stream)
+        return LiveProgress(stream)  # rich finds out what the terminal can do (TERM, NO_COLOR)
     return LineProgress(lambda text: print(text, file=stream, flush=True))

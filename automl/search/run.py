@@ -1,12 +1,17 @@
-"""Run a search: validate everything up front, then let the driver run trials."""
+"""Run a search: validate the request, prepare it, let its driver run trials, write the board.
+
+``run_search`` = ``validate`` -> ``prepare`` -> the driver's ``search`` -> the final leaderboard.
+``prepare`` does what every driver needs (space, weights, data, the study and its checks, who
+runs trials); the driver sets up its own algorithm (the Optuna driver its TPE sampler, pruner and
+start trials; the keras-tuner driver its oracle and project).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
-import zlib
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,88 +19,20 @@ from automl.backbones.registry import get_spec
 from automl.config import RunConfig, study_dir
 from automl.errors import ConfigError, WeightsError
 from automl.search.progress import LineProgress, SearchProgress, TrialEnd
+from automl.search.record import SCHEMA_VERSION, StudyRecord, TrialRecord, write_study
+from automl.search.request import (
+    DRIVERS,
+    KT_ALGORITHMS,
+    SearchRequest,
+    SearchSetup,
+    driver_label,
+    validate,
+)
 from automl.space import SearchSpace, space_file
 
+__all__ = ["DRIVERS", "KT_ALGORITHMS", "SearchRequest", "SearchSetup", "driver_label", "prepare",
+           "run_search", "usable_backbones", "validate"]
 log = logging.getLogger("automl")
-TPE_STARTUP_TRIALS = 10  # Optuna's default: random trials before TPE models the results
-
-
-@dataclass(frozen=True)
-class SearchRequest:
-    """Everything `automl search` was asked for."""
-
-    space: str | None = None
-    data: str | None = None
-    results: str = "results"
-    study: str = "default"
-    storage: str | None = None
-    trials: int = 50
-    timeout: float | None = None
-    pruner: str = "median"
-    screen_fraction: float = 0.8
-    val_split: float = 0.15
-    test_split: float = 0.15
-    run: RunConfig = RunConfig()
-    artifacts: str | None = None     # kept weights; default <results>/<study>/trials
-    heartbeat: int = 60              # with --storage: seconds between a worker's heartbeats
-    heartbeat_grace: int | None = None   # silent this long -> failed and retried (3 beats)
-    driver: str = "optuna"           # or "keras-tuner"
-    algorithm: str | None = None     # keras-tuner only: random, bayesian (default), hyperband
-    in_process: bool = False         # run trials here instead of in a recycled worker process
-
-
-def validate(req: SearchRequest) -> None:
-    """Flag checks that need no file."""
-    if req.trials < 1:
-        raise ConfigError(f"--trials {req.trials}: expected a whole number of at least 1 "
-                          "(the number of finished trials the study should end with).")
-    if req.timeout is not None and req.timeout < 0:
-        raise ConfigError(f"--timeout {req.timeout:g}: expected a number of seconds >= 0.")
-    for flag, value, low in (("--keep-weights", req.run.keep_weights, 1),
-                             ("--epochs", req.run.epochs, 1), ("--batch-size",
-                             req.run.batch_size, 1), ("--fine-tune-epochs",
-                             req.run.fine_tune_epochs, 0)):
-        if value < low:
-            raise ConfigError(f"{flag} {value}: expected a whole number of at least {low}.")
-    if not 0.0 <= req.screen_fraction <= 1.0:
-        raise ConfigError(f"--screen-fraction {req.screen_fraction:g}: expected a share from 0 "
-                          "to 1 of the trials spent screening on cached features.")
-    if req.heartbeat < 1 or (req.heartbeat_grace is not None
-                             and req.heartbeat_grace <= req.heartbeat):
-        grace = "" if req.heartbeat_grace is None else f" --heartbeat-grace {req.heartbeat_grace}"
-        raise ConfigError(f"--heartbeat {req.heartbeat}{grace}: expected whole seconds, the "
-                          "interval at least 1 and the grace period longer than the interval.")
-    if not req.study or any(c in req.study for c in "/\\") or req.study.startswith("."):
-        raise ConfigError(f"--study {req.study!r}: expected a plain name (no slashes).")
-    _validate_driver(req)
-
-
-DRIVERS = ("optuna", "keras-tuner")
-KT_ALGORITHMS = ("random", "bayesian", "hyperband")
-
-
-def _validate_driver(req: SearchRequest) -> None:
-    """--driver and --algorithm go together: an algorithm only for keras-tuner."""
-    if req.driver not in DRIVERS:
-        raise ConfigError(f"--driver {req.driver!r}: expected one of {', '.join(DRIVERS)}.")
-    if req.driver == "optuna" and req.algorithm is not None:
-        raise ConfigError(f"--algorithm {req.algorithm}: only --driver keras-tuner takes an "
-                          "algorithm; the Optuna driver always runs TPE with the staged schedule "
-                          "(see --screen-fraction and --pruner).")
-    if req.driver == "keras-tuner" and req.storage is not None:
-        raise ConfigError(f"--storage {req.storage.split('://')[0]}...: the keras-tuner driver "
-                          "runs one worker per study (its oracle state lives in one project "
-                          "folder); use --driver optuna to share a study between workers.")
-    if req.algorithm is not None and req.algorithm not in KT_ALGORITHMS:
-        raise ConfigError(f"--algorithm {req.algorithm!r}: expected one of "
-                          f"{', '.join(KT_ALGORITHMS)}.")
-
-
-def driver_label(req: SearchRequest) -> str:
-    """The driver flags a study is tied to, as the user types them."""
-    if req.driver == "optuna":
-        return "--driver optuna"
-    return f"--driver keras-tuner --algorithm {req.algorithm or 'bayesian'}"
 
 
 def usable_backbones(space: SearchSpace, resolver: Any) -> tuple[SearchSpace, list[str]]:
@@ -128,106 +65,135 @@ def usable_backbones(space: SearchSpace, resolver: Any) -> tuple[SearchSpace, li
 
 def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
                progress: SearchProgress | None = None) -> Any:
-    """Validate, load, then run the Optuna (or keras-tuner) driver; returns the study.
+    """Validate, prepare, then run the Optuna (or keras-tuner) driver; returns the study.
 
     ``progress`` shows the run (default: one line per finished trial through ``echo``).
     """
     progress = progress if progress is not None else LineProgress(echo)
-    echo = progress.note
     validate(req)
-    space = SearchSpace.from_file(space_file(req.space))
+    setup = prepare(req, progress.note)
+    _announce(setup, progress)
+    try:
+        _driver(req.driver).search(setup, _on_trial_end(setup, progress), progress)
+    finally:
+        setup.ctx.runner.stop()  # idle after the last trial (Ctrl-C has killed it already)
+        progress.close()
+    _write_board(setup)
+    return setup.study
+
+
+def prepare(req: SearchRequest, note: Callable[[str], None] = print) -> SearchSetup:
+    """Everything a driver starts from: the space (backbones with weights here), the data, the
+    study (created, or checked to hold this data and driver; trials a stopped process left
+    running closed, said through ``note``) and the runner of trials. Nothing is trained."""
     from automl.backbones.weights import WeightsResolver
     from automl.data.load import load_data
+    from automl.search.drivers.optuna_driver import recover_stale
+    from automl.search.runner import DriverContext
+    from automl.search.study import artifact_root
 
+    space = SearchSpace.from_file(space_file(req.space))
     resolver = WeightsResolver(req.run.weights, req.run.weights_dir, seed=req.run.seed)
     space, _ = usable_backbones(space, resolver)
     data = load_data(req.data, val_split=req.val_split, test_split=req.test_split,
                      seed=req.run.seed)
-
-    import optuna
-
-    from automl.search import leaderboard
-    from automl.search.drivers import optuna_driver
-    from automl.search.runner import DriverContext
-    from automl.search.study import Heartbeat, artifact_root, open_study, safe_url
-    from automl.trial.features import FeatureCache
-    from automl.trial.run import InProcessRunner, SearchContext
-
+    study, created = _open_study(req, data)
+    artifacts = artifact_root(req.results, req.study, req.artifacts, study, req.storage,
+                              record=True)
+    # with a shared --storage another worker may be running a trial right now: leave it alone
+    stale = recover_stale(study) if req.storage is None else []
+    if stale:
+        note(f"marked trial(s) {', '.join(map(str, stale))} as failed: they were left running "
+             "by a process that stopped")
     folder = study_dir(req.results, req.study)
+    # activations at the cuts the space can fine-tune from are cached in the same pass
+    run = dataclasses.replace(req.run, cut_depths=space.cut_depths())
+    ctx = DriverContext(run, artifacts, _runner(req, run, data, resolver, artifacts, folder))
+    return SearchSetup(req, space, data, study, created, folder, artifacts, ctx)
+
+
+def _open_study(req: SearchRequest, data: Any) -> tuple[Any, bool]:
+    """The request's study (and whether this call created it), checked against data and driver."""
+    from automl.search.study import Heartbeat, open_study
+
     beat = None if req.storage is None else Heartbeat(
         req.heartbeat, req.heartbeat_grace or 3 * req.heartbeat)
     created: list[Any] = []
-    study = open_study(Path(req.results), req.study, req.storage, create=True,
-                       pruner=optuna_driver.make_pruner(req.pruner), heartbeat=beat,
+    study = open_study(Path(req.results), req.study, req.storage, create=True, heartbeat=beat,
                        on_create=created.append)
     _check_same_data(study, data, req)
     _check_same_driver(study, req)
-    artifacts = artifact_root(req.results, req.study, req.artifacts, study, req.storage,
-                              record=True)
-    # a resumed search must not replay the same random start points, nor may two workers
-    # started at once; with several workers, TPE imagines the running trials' results
-    seed = req.run.seed + len(study.trials)
-    if beat is not None:
-        seed += zlib.crc32(optuna_driver.worker_name().encode()) % 100_003
-    # the Optuna driver queues a new study's start trials; TPE's random start is not shortened
-    # by them (a worker that joins before any trial finished counts the creator's too)
-    planned = (optuna_driver.start_trials(space, req.trials, req.screen_fraction)
-               if req.driver == "optuna" else [])
-    start = (len(planned) if created or not optuna_driver.finished_count(study)
-             else sum("start" in t.user_attrs for t in study.get_trials(deepcopy=False)))
-    study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=beat is not None,
-                                               n_startup_trials=TPE_STARTUP_TRIALS + start)
-    # with a shared --storage another worker may be running a trial right now: leave it alone
-    stale = optuna_driver.recover_stale(study) if req.storage is None else []
-    if stale:
-        echo(f"marked trial(s) {', '.join(map(str, stale))} as failed: they were left running "
-             "by a process that stopped")
-    cache = FeatureCache(folder / "features" if req.run.feature_cache else None,
-                         req.run.cache_memory_mb * 1024 * 1024)
-    trial_ctx = SearchContext(data, req.run, resolver, cache, artifacts)
+    return study, bool(created)
+
+
+def _runner(req: SearchRequest, run: RunConfig, data: Any, resolver: Any, artifacts: Path,
+            folder: Path) -> Any:
+    """Who runs the trials: a recycled worker process, or (``--in-process``) this process."""
+    from automl.trial.features import FeatureCache
+    from automl.trial.run import InProcessRunner, SearchContext
+
+    cache = FeatureCache(folder / "features" if run.feature_cache else None,
+                         run.cache_memory_mb * 1024 * 1024)
+    trial_ctx = SearchContext(data, run, resolver, cache, artifacts)
     if req.in_process:
-        runner = InProcessRunner(trial_ctx)
-    else:
-        from automl.search.worker import TrialWorker
+        return InProcessRunner(trial_ctx)
+    from automl.search.worker import TrialWorker
 
-        runner = TrialWorker.for_context(trial_ctx)
-    ctx = DriverContext(req.run, artifacts, runner)
-    done = optuna_driver.finished_count(study)
-    where = safe_url(req.storage) if req.storage else folder
-    echo(f"study '{req.study}' in {where}: {done} of {req.trials} trials finished; data: "
-         f"{data.source} ({len(data.train)} train / {len(data.validation)} validation / "
-         f"{len(data.test) if data.test else 0} test images, {len(data.class_names)} classes)")
+    return TrialWorker.for_context(trial_ctx)
 
-    def on_trial_end(study: Any, trial: Any) -> None:
-        board = leaderboard.from_study(study, artifacts)
-        _keep_best_weights(board, ctx.trials_dir, req.run.keep_weights, _in_use(study))
-        board = leaderboard.from_study(study, artifacts)
-        leaderboard.write_csv(board, folder / "leaderboard.csv")
-        progress.trial_end(_trial_end(trial, board, optuna_driver.finished_count(study)))
 
-    best = leaderboard.best_row(leaderboard.from_study(study, artifacts))
+def _announce(setup: SearchSetup, progress: SearchProgress) -> None:
+    """The study, its finished trials and the data in one line; then the progress view starts."""
+    from automl.search import leaderboard
+    from automl.search.drivers.optuna_driver import finished_count
+    from automl.search.study import safe_url
+
+    req, data = setup.req, setup.data
+    done = finished_count(setup.study)
+    where = safe_url(req.storage) if req.storage else setup.folder
+    progress.note(f"study '{req.study}' in {where}: {done} of {req.trials} trials finished; "
+                  f"data: {data.source} ({len(data.train)} train / {len(data.validation)} "
+                  f"validation / {len(data.test) if data.test else 0} test images, "
+                  f"{len(data.class_names)} classes)")
+    best = leaderboard.best_row(leaderboard.from_study(setup.study, setup.artifacts))
     progress.start(req.trials, done, timeout=req.timeout,
                    max_epochs=(req.run.epochs, req.run.fine_tune_epochs),
                    best=None if best is None else (float(best["val_accuracy"]),
                                                    int(best["trial"])))
-    try:
-        if req.driver == "keras-tuner":
-            from automl.search.drivers import kerastuner_driver
 
-            kerastuner_driver.run(space, ctx, study, algorithm=req.algorithm or "bayesian",
-                                  n_trials=req.trials, timeout=req.timeout,
-                                  on_trial_end=on_trial_end,
-                                  project_dir=folder / "keras_tuner")
-        else:
-            optuna_driver.run(space, ctx, study, n_trials=req.trials, timeout=req.timeout,
-                              on_trial_end=on_trial_end, screen_fraction=req.screen_fraction,
-                              progress=progress, queue=planned if created else [])
-    finally:
-        runner.stop()  # idle after the last trial (Ctrl-C has killed it already)
-        progress.close()
-    board = leaderboard.from_study(study, artifacts)
-    leaderboard.write_csv(board, folder / "leaderboard.csv")
-    return study
+
+def _driver(name: str) -> Any:
+    """The driver module behind --driver (keras-tuner's imports Keras: only when asked for)."""
+    if name == "keras-tuner":
+        from automl.search.drivers import kerastuner_driver
+
+        return kerastuner_driver
+    from automl.search.drivers import optuna_driver
+
+    return optuna_driver
+
+
+def _on_trial_end(setup: SearchSetup, progress: SearchProgress) -> Callable[[Any, Any], None]:
+    """After every trial: keep the best trials' weights, rewrite the leaderboard, report it."""
+    from automl.search import leaderboard
+    from automl.search.drivers.optuna_driver import finished_count
+
+    def on_trial_end(study: Any, trial: Any) -> None:
+        board = leaderboard.from_study(study, setup.artifacts)
+        _keep_best_weights(board, setup.ctx.trials_dir, setup.req.run.keep_weights,
+                           _in_use(study))
+        board = leaderboard.from_study(study, setup.artifacts)
+        leaderboard.write_csv(board, setup.folder / "leaderboard.csv")
+        progress.trial_end(_trial_end(trial, board, finished_count(study)))
+
+    return on_trial_end
+
+
+def _write_board(setup: SearchSetup) -> None:
+    from automl.search import leaderboard
+
+    board = leaderboard.from_study(setup.study, setup.artifacts)
+    leaderboard.write_csv(board, setup.folder / "leaderboard.csv")
 
 
 def _check_same_data(study: Any, data: Any, req: SearchRequest) -> None:
@@ -237,10 +203,10 @@ def _check_same_data(study: Any, data: Any, req: SearchRequest) -> None:
         where = str(Path(where).expanduser().resolve())  # export may run from another folder
     meta = {"source": data.source, "data": where, "fingerprint": data.fingerprint,
             "val_split": req.val_split, "test_split": req.test_split, "seed": req.run.seed}
-    known = study.user_attrs.get("data")
+    known = StudyRecord.of(study).data
     if known is None:
-        study.set_user_attr("data", meta)
-        study.set_user_attr("class_names", list(data.class_names))
+        write_study(study, schema=SCHEMA_VERSION, data=meta,
+                    class_names=list(data.class_names))
     elif known.get("fingerprint") != data.fingerprint:
         raise ConfigError(
             f"study '{req.study}' was run on {known.get('source')} (split seed "
@@ -257,11 +223,11 @@ def _check_same_driver(study: Any, req: SearchRequest) -> None:
     study mixing them would follow neither algorithm, so it keeps the driver it started with.
     """
     label = driver_label(req)
-    known = study.user_attrs.get("driver")
+    known = StudyRecord.of(study).driver
     if known is None and study.trials:
         known = "--driver optuna"  # studies from before the keras-tuner driver
     if known is None:
-        study.set_user_attr("driver", label)
+        write_study(study, driver=label)
     elif known != label:
         raise ConfigError(f"study '{req.study}' was searched with {known}; this run asks for "
                           f"{label}. A study keeps the driver it started with: resume it with "
@@ -273,8 +239,8 @@ def _in_use(study: Any) -> set[int]:
     import optuna
 
     states = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-    return {int(t.user_attrs["refines"]) for t in study.get_trials(deepcopy=False, states=states)
-            if t.user_attrs.get("refines") is not None}
+    records = (TrialRecord.of(t) for t in study.get_trials(deepcopy=False, states=states))
+    return {int(rec.refines) for rec in records if rec.refines is not None}
 
 
 def _keep_best_weights(board: Any, trials_dir: Path, keep: int,
@@ -296,13 +262,15 @@ def _keep_best_weights(board: Any, trials_dir: Path, keep: int,
 
 def _trial_end(trial: Any, board: Any, finished: int) -> TrialEnd:
     """How an Optuna trial ended, for the progress view."""
-    state = trial.user_attrs.get("state_detail", trial.state.name) if trial.state.name == "FAIL" \
-        else trial.state.name
+    rec = TrialRecord.of(trial)
+    state = trial.state.name
+    if state == "FAIL" and rec.state_detail is not None:
+        state = rec.state_detail
     detail = (f"at epoch {max(trial.intermediate_values or {0: 0})}" if state == "PRUNED"
-              else trial.user_attrs.get("reason", ""))
+              else rec.reason)
     best = board[board["state"] == "COMPLETE"]
     top = None if best.empty else best.iloc[0]
     return TrialEnd(trial.number, state, finished, val_accuracy=trial.value, detail=detail,
                     best_value=None if top is None else float(top["val_accuracy"]),
                     best_trial=None if top is None else int(top["trial"]),
-                    params=trial.user_attrs.get("config", {}))
+                    params=rec.config)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from automl.config import RunConfig, TrialConfig
+from automl.search import record
 from automl.trial.messages import Memory
 from automl.trial.result import TrialResult, WarmStart
 from automl.trial.trainlog import TrainLog
@@ -47,3 +48,12 @@ def execute(config: TrialConfig, ctx: DriverContext, number: int,
     """Run one trial through the context's runner, filling ``log`` as it trains."""
     return ctx.runner.run(config, ctx.run, number, reporter,
                           log if log is not None else TrainLog(), warm)
+
+
+def note_memory(trial: Any, ctx: DriverContext) -> None:
+    """Record the trial worker's memory after the trial (how the benchmark sees it stay flat)."""
+    memory = getattr(ctx.runner, "memory", None)
+    if memory is not None:
+        record.write(trial, worker_memory={"pid": ctx.runner.last_pid,
+                                           "rss_mb": round(memory.rss_mb, 1),
+                                           "cache_mb": round(memory.cache_mb, 1)})

@@ -16,6 +16,7 @@ from typing import Any
 
 from automl.errors import ConfigError
 from automl.search.heartbeat import Heartbeat, HeartbeatJournalStorage, retry_callback_kwargs
+from automl.search.record import StudyRecord, write_study
 
 log = logging.getLogger("automl")
 JOURNAL_SUFFIXES = (".log", ".journal")
@@ -211,7 +212,7 @@ def artifact_root(results: str | Path, study_name: str, artifacts: str | None, s
     """Where kept weights live: ``--artifacts``, else the folder the study recorded (when it is
     reachable here), else next to the study: ``<journal folder>/<study>/trials`` for a journal
     file, ``<results>/<study>/trials`` otherwise. ``record`` notes it in a new study."""
-    recorded = study.user_attrs.get("artifacts")
+    recorded = StudyRecord.of(study).artifacts
     journal = journal_path(storage) if storage else None
     if artifacts:
         root = Path(artifacts).expanduser().resolve()
@@ -222,7 +223,7 @@ def artifact_root(results: str | Path, study_name: str, artifacts: str | None, s
     else:
         root = (Path(results) / study_name / "trials").resolve()
     if record and recorded is None:
-        study.set_user_attr("artifacts", str(root))
+        write_study(study, artifacts=str(root))
     return root
 
 

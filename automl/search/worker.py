@@ -31,7 +31,8 @@ from typing import Any, NoReturn
 
 from automl.config import RunConfig, TrialConfig
 from automl.data.splits import image_cache_dir
-from automl.errors import AutoMLError, ConfigError, DataError, TrialFailed, WeightsError
+from automl.errors import TrialFailed
+from automl.search.record import TRIAL_ERRORS
 from automl.trial.messages import (
     Close,
     Decision,
@@ -51,8 +52,8 @@ log = logging.getLogger("automl")
 #: Memory outside the caches a worker may hold above the lightest trial's before it is replaced.
 MAX_GROWTH_MB = 200.0
 _START_TIMEOUT = 300.0  # seconds for a new worker to import TensorFlow and say it is ready
-_ERRORS: dict[str, type[AutoMLError]] = {
-    cls.__name__: cls for cls in (ConfigError, DataError, WeightsError, TrialFailed)}
+# the automl errors a trial raises, rebuilt here by name so the driver classifies them alike
+_ERRORS: dict[str, type[Exception]] = {cls.__name__: cls for cls in TRIAL_ERRORS}
 
 
 class TrialWorker:

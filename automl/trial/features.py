@@ -33,10 +33,28 @@ class FeatureKey:
     weights: str   # identity of the backbone weights (file hash, "random:<seed>", ...)
     image_size: int
     cut: str       # layer name after which activations are taken, or "pooled"
+    augmentation: str = "none"  # the policy of an augmented view of the training images
+    view: int = 0               # which view of that policy (each has its own random draw)
 
     def digest(self) -> str:
-        text = json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        if self.augmentation == "none" and self.view == 0:  # as before augmented views
+            del fields["augmentation"], fields["view"]
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What a trial needs to know of a backbone at one input size without building it.
+
+    Recorded the first time the backbone is built (which every cached activation needs), so a
+    trial that trains a head on cached activations never builds the backbone.
+    """
+
+    cuts: tuple[tuple[str | None, float], ...]  # every block boundary: (layer, depth)
+    features: int                               # width of the pooled output
+    backbone_params: int                        # parameters of the backbone without its top
 
 
 class FeatureCache:
@@ -46,11 +64,47 @@ class FeatureCache:
         self.directory = directory
         self.max_bytes = max_bytes
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._arch: dict[str, Architecture] = {}
         self.hits = self.disk_hits = self.misses = 0
 
     @property
     def memory_bytes(self) -> int:
         return sum(a.nbytes for a in self._memory.values())
+
+    def has(self, key: FeatureKey) -> bool:
+        """Whether ``key`` is cached in memory or on disk (nothing is loaded)."""
+        digest = key.digest()
+        path = self._path(digest)
+        return digest in self._memory or (path is not None and path.is_file())
+
+    def architecture(self, backbone: str, image_size: int) -> Architecture | None:
+        """The recorded architecture of ``backbone`` at ``image_size``, if any."""
+        name = f"{backbone}@{image_size}"
+        if name not in self._arch:
+            path = self._arch_path(name)
+            if path is None or not path.is_file():
+                return None
+            try:
+                raw = json.loads(path.read_text())
+                self._arch[name] = Architecture(tuple((c[0], float(c[1])) for c in raw["cuts"]),
+                                                int(raw["features"]), int(raw["backbone_params"]))
+            except (OSError, ValueError, KeyError, TypeError, IndexError):
+                return None  # unreadable: the next build records it again
+        return self._arch[name]
+
+    def record_architecture(self, backbone: str, image_size: int, arch: Architecture) -> None:
+        """Remember ``arch`` (in memory, and on disk next to the activations)."""
+        name = f"{backbone}@{image_size}"
+        self._arch[name] = arch
+        path = self._arch_path(name)
+        if path is not None and not path.is_file():
+            try:
+                write_atomic(path, lambda p: p.write_text(json.dumps(asdict(arch))))
+            except OSError as exc:
+                log.warning("could not write %s (%s)", path, exc)
+
+    def _arch_path(self, name: str) -> Path | None:
+        return None if self.directory is None else self.directory / f"arch-{name}.json"
 
     def get(self, key: FeatureKey, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """The cached array for ``key``, computing and storing it on a miss."""
@@ -68,6 +122,16 @@ class FeatureCache:
             self._store(digest, key, array)
         self._remember(digest, array)
         return array
+
+    def put(self, key: FeatureKey, array: np.ndarray) -> None:
+        """Store an array computed alongside another one (same pass over the images)."""
+        digest = key.digest()
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        if digest not in self._memory:
+            path = self._path(digest)
+            if path is None or not path.is_file():
+                self._store(digest, key, array)
+        self._remember(digest, array)
 
     def _path(self, digest: str) -> Path | None:
         return None if self.directory is None else self.directory / f"{digest}.npy"

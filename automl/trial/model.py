@@ -18,6 +18,7 @@ import keras
 from automl.backbones.build import build_backbone
 from automl.backbones.registry import BackboneSpec
 from automl.config import TrialConfig
+from automl.trial.features import Architecture
 from automl.trial.layers import Preprocess, augmentation_layers
 
 
@@ -60,13 +61,12 @@ def block_cuts(backbone: keras.Model, pattern: str) -> list[Cut]:
     last_use = [-1] * len(layers)  # the index of the last layer consuming layer i's output
     input_last_use = -1
     for i, layer in enumerate(layers):
-        for node in layer._inbound_nodes:
-            for tensor in node.input_tensors:
-                j = position.get(id(tensor._keras_history.operation))
-                if j is None:
-                    input_last_use = max(input_last_use, i)
-                else:
-                    last_use[j] = max(last_use[j], i)
+        for producer in _producers(layer):
+            j = position.get(id(producer))
+            if j is None:
+                input_last_use = max(input_last_use, i)
+            else:
+                last_use[j] = max(last_use[j], i)
     weighted = [1 if getattr(layer, "weights", None) else 0 for layer in layers]
     total = max(sum(weighted), 1)
     single: list[tuple[str, float]] = []
@@ -80,6 +80,18 @@ def block_cuts(backbone: keras.Model, pattern: str) -> list[Cut]:
     matching = [cut for cut in single if regex.search(cut[0])]
     chosen = matching or single
     return [Cut(None, 0.0), *(Cut(n, d) for n, d in chosen), Cut(layers[-1].name, 1.0)]
+
+
+def _producers(layer: keras.layers.Layer) -> list[Any]:
+    """The operations whose outputs ``layer`` consumes, over every call of it.
+
+    Keras 3 keeps a layer's call graph private (``_inbound_nodes``, ``_keras_history``): the
+    public ``layer.input`` covers only its first call and fails for a layer called more than
+    once, and ``get_config()`` names layers instead of returning them (and serialises the whole
+    backbone). pyproject.toml bounds Keras to the versions tested.
+    """
+    return [tensor._keras_history.operation
+            for node in layer._inbound_nodes for tensor in node.input_tensors]
 
 
 def choose_cut(cuts: list[Cut], freeze_depth: float) -> Cut:
@@ -100,6 +112,8 @@ class TransferModel:
     top: keras.Model | None    # activation at the cut -> backbone output (None if cut at output)
     head: keras.Model          # pooled backbone features -> class probabilities
     augment: list[keras.layers.Layer]
+    cuts: list[Cut]            # every block boundary of the backbone
+    backbone: keras.Model      # the whole backbone (bottom and top share its layers)
 
     @property
     def binary(self) -> bool:
@@ -115,6 +129,23 @@ class TransferModel:
                 x = self.top(x)
             x = self.inference.get_layer("avg_pool")(x)
         return keras.Model(image, x, name="features")
+
+    def features_model(self, cuts: list[str | None]) -> keras.Model:
+        """Image -> [activation at each cut..., pooled backbone output], in one pass.
+
+        A cut of None is the preprocessed image itself (the whole backbone fine-tunes).
+        """
+        image = self.inference.inputs[0]
+        x = self.inference.get_layer("preprocess")(image)
+        layers = [c for c in cuts if c is not None]
+        inner = keras.Model(self.backbone.inputs[0],
+                            [self.backbone.get_layer(c).output for c in layers]
+                            + [self.backbone.output], name="backbone_taps")
+        taps = list(inner(x, training=False))
+        found = dict(zip(layers, taps[:-1], strict=True))
+        outputs = [x if c is None else found[c] for c in cuts]
+        pooled = self.inference.get_layer("avg_pool")(taps[-1])
+        return keras.Model(image, [*outputs, pooled], name="features_and_cuts")
 
     def top_model(self) -> keras.Model:
         """Activation at the cut -> probabilities: what phase two trains on cached features."""
@@ -133,6 +164,12 @@ class TransferModel:
         for layer in self.augment:
             x = layer(x)
         return keras.Model(image, self.inference(x), name="train")
+
+    def architecture(self) -> Architecture:
+        """What a head-only trial needs of this backbone: its cuts, width and size."""
+        top = count_params(self.top) if self.top is not None else 0  # bottom + top: the backbone
+        return Architecture(tuple((c.layer, c.depth) for c in self.cuts),
+                            int(self.head.inputs[0].shape[-1]), count_params(self.bottom) + top)
 
     def set_phase(self, phase: int) -> None:
         """Phase 1: only the head trains. Phase 2: the backbone top trains too (BN stays frozen)."""
@@ -153,12 +190,32 @@ def build_model(config: TrialConfig, spec: BackboneSpec, n_classes: int,
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
-    cut = choose_cut(block_cuts(backbone, spec.block_pattern), config.freeze_depth)
+    cuts = block_cuts(backbone, spec.block_pattern)
+    cut = choose_cut(cuts, config.freeze_depth)
     bottom, top = _split(backbone, cut)
     # the head's initial weights depend on the seed only, not on what loading the backbone drew
     keras.utils.set_random_seed(seed)
+    head = build_head(config, int(backbone.output.shape[-1]), n_classes, seed)
 
-    features = backbone.output.shape[-1]
+    image = keras.Input((size, size, 3), name="image")
+    x = Preprocess(spec.preprocess, name="preprocess")(image)
+    x = bottom(x, training=False)  # the frozen part runs in inference mode, also in training
+    if top is not None:
+        x = top(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    inference = keras.Model(image, head(x), name=f"{spec.name}_transfer")
+    model = TransferModel(config, spec, n_classes, cut, inference, bottom, top, head,
+                          augmentation_layers(config.augmentation, seed), cuts, backbone)
+    model.set_phase(1)
+    return model
+
+
+def build_head(config: TrialConfig, features: int, n_classes: int, seed: int) -> keras.Model:
+    """Pooled backbone features -> class probabilities: optional Dense+ReLU, Dropout, output.
+
+    The one head builder: the whole model's head and a head trained alone on cached activations
+    are the same model with the same initial weights (the caller seeds Keras right before).
+    """
     pooled = keras.Input((features,), name="pooled_features")
     x = pooled
     if config.head_width > 0:
@@ -166,19 +223,7 @@ def build_model(config: TrialConfig, spec: BackboneSpec, n_classes: int,
     x = keras.layers.Dropout(config.dropout, seed=seed, name="head_dropout")(x)
     units, activation = (1, "sigmoid") if n_classes == 2 else (n_classes, "softmax")
     out = keras.layers.Dense(units, activation=activation, name="predictions")(x)
-    head = keras.Model(pooled, out, name="head")
-
-    image = keras.Input((size, size, 3), name="image")
-    x = Preprocess(spec.preprocess, name="preprocess")(image)
-    x = bottom(x)
-    if top is not None:
-        x = top(x)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    inference = keras.Model(image, head(x), name=f"{spec.name}_transfer")
-    model = TransferModel(config, spec, n_classes, cut, inference, bottom, top, head,
-                          augmentation_layers(config.augmentation, seed))
-    model.set_phase(1)
-    return model
+    return keras.Model(pooled, out, name="head")
 
 
 def _split(backbone: keras.Model, cut: Cut) -> tuple[keras.Model, keras.Model | None]:

@@ -20,6 +20,10 @@ class TrialResult:
     weights_file: str | None
     cut: str
     history: list[dict[str, float]] = field(default_factory=list)
+    weights_kind: str = "model"          # what weights_file holds: "model" or "head" (the
+    backbone_weights: str | None = None  # backbone is then rebuilt from these pretrained
+    backbone_identity: str = ""          # weights, checked against this identity)
+    kind: str = ""  # what the trial cost: see automl.trial.run.trial_kind
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ import numpy as np
 
 from automl.atomic import write_atomic
 from automl.backbones.registry import get_spec
-from automl.backbones.weights import WeightsResolver, WeightsSource
+from automl.backbones.weights import WeightsResolver
 from automl.config import RunConfig, TrialConfig
 from automl.data import pipeline
 from automl.data.splits import Datasets, Split
 from automl.errors import AutoMLError, TrialFailed, WeightsError
-from automl.trial.features import FeatureCache, FeatureKey
+from automl.trial.features import Architecture, FeatureCache, FeatureKey
 from automl.trial.result import TrialResult, WarmStart, head_path, weights_path
 from automl.trial.trainlog import Reporter, TrainLog
 
@@ -68,146 +68,300 @@ def run_trial(config: TrialConfig, ctx: SearchContext, number: int,
     """Train and evaluate one configuration; TrialFailed for anything that breaks the trial.
 
     With ``warm`` (and no augmentation, which would change the head phase), the head phase is
-    not run again: the earlier trial's head weights and epochs are taken over.
+    not run again: the earlier trial's head weights and epochs are taken over. A trial that
+    only trains a head on cached activations never builds the backbone (see :class:`_Trainer`).
     """
-    from automl.trial.model import build_model, count_params, reset_keras
+    from automl.trial.model import count_params, reset_keras
     from automl.trial.train import train_two_phase
 
     run = ctx.run
     log = log if log is not None else TrainLog()
-    spec = get_spec(config.backbone)
-    source = ctx.resolver.resolve(spec, config.image_size)
-    n_classes = len(ctx.data.class_names)
     reset_keras(run.seed)  # backbone and head initialisation depend on the run seed only
-    try:
-        tm = build_model(config, spec, n_classes, source.weights, seed=run.seed + number)
-    except AutoMLError:
-        raise
-    except Exception as exc:
-        if source.kind == "download":
-            raise WeightsError(f"downloading the ImageNet weights of '{spec.name}' failed ({exc}). "
-                               "Use --weights-dir DIR with the file, or another backbone."
-                               ) from None
-        if not isinstance(exc, ValueError | TypeError | OSError):
-            raise
-        raise TrialFailed(f"{spec.name} cannot be built at {config.image_size} px: {exc}") from exc
-    import keras
-
-    keras.utils.set_random_seed(run.seed + number)
-    cached = run.feature_cache and config.augmentation == "none"
-    trainer = _Trainer(tm, ctx, source, cached, log)
+    trainer = _Trainer(config, ctx, number, log)
     head_done = None
     if warm is not None and config.augmentation == "none" and warm.head_weights.is_file():
-        tm.head.load_weights(str(warm.head_weights))
+        trainer.head().load_weights(str(warm.head_weights))
         log.epochs.extend(dict(row) for row in warm.history)
         head_done = warm.val_loss
-    train_two_phase(trainer.phase, patience=run.patience, binary=tm.binary, reporter=reporter,
-                    log=log, snapshot=tm.inference.get_weights, restore=tm.inference.set_weights,
-                    head_done=head_done)
+    snapshot = restore = None
+    if trainer.fine_tunes():
+        tm = trainer.model()
+        snapshot, restore = tm.inference.get_weights, tm.inference.set_weights
+    train_two_phase(trainer.phase, patience=run.patience, binary=trainer.binary, reporter=reporter,
+                    log=log, snapshot=snapshot, restore=restore, head_done=head_done)
     val_loss, val_acc = trainer.evaluate(ctx.data.validation, log.best_phase)
     if not math.isfinite(val_loss):
         raise TrialFailed(f"validation loss is {val_loss} after training")
     test_acc = None
     if ctx.data.test is not None:
         test_acc = trainer.evaluate(ctx.data.test, log.best_phase)[1]
-    path = weights_path(ctx.trials_dir, number)
-    write_atomic(path, lambda p: tm.inference.save_weights(str(p)))
-    write_atomic(head_path(ctx.trials_dir, number), lambda p: tm.head.save_weights(str(p)))
+    head = trainer.head()
+    write_atomic(head_path(ctx.trials_dir, number), lambda p: head.save_weights(str(p)))
+    if trainer.built:  # the whole model's weights (the backbone may have been fine-tuned)
+        path = weights_path(ctx.trials_dir, number)
+        write_atomic(path, lambda p: trainer.model().inference.save_weights(str(p)))
+        kind, params = "model", count_params(trainer.model().inference)
+    else:  # the backbone is the pretrained one: export rebuilds it and loads this head
+        path, kind = head_path(ctx.trials_dir, number), "head"
+        params = trainer.architecture().backbone_params + count_params(head)
     return TrialResult(val_accuracy=val_acc, val_loss=val_loss, test_accuracy=test_acc,
                        epochs=len(log.epochs), best_phase=log.best_phase,
-                       train_seconds=log.seconds, params=count_params(tm.inference),
-                       weights_file=str(path), cut=tm.cut.layer or "input",
-                       history=list(log.epochs))
+                       train_seconds=log.seconds, params=params, weights_file=str(path),
+                       cut=trainer.cut()[0] or "input", history=list(log.epochs),
+                       weights_kind=kind, backbone_weights=trainer.source.weights,
+                       backbone_identity=trainer.source.identity,
+                       kind=trial_kind(trainer.cached, trainer.extracted, trainer.views > 0,
+                                       log.best_phase == 2 or any(
+                                           row.get("phase") == 2 for row in log.epochs)))
+
+
+def trial_kind(cached: bool, extracted: set[str], views: bool, fine_tuned: bool) -> str:
+    """What dominated a trial's cost, for the benchmark: the most expensive thing it did.
+
+    >>> trial_kind(True, {"views", "pooled"}, True, False)
+    'view extraction'
+    >>> trial_kind(True, set(), False, False)
+    'head'
+    """
+    if not cached:
+        return "live"
+    if "views" in extracted:
+        return "view extraction"
+    if extracted:
+        return "extraction"
+    if fine_tuned:
+        return "fine-tuning"
+    return "augmented head" if views else "head"
 
 
 class _Trainer:
-    """Feeds each phase either cached frozen activations or live images."""
+    """Feeds each phase cached frozen activations (or cached augmented views of them), or live
+    images; builds the backbone only when something needs it.
 
-    def __init__(self, tm: TransferModel, ctx: SearchContext, source: WeightsSource,
-                 cached: bool, log: TrainLog) -> None:
-        self.tm, self.ctx, self.source, self.cached = tm, ctx, source, cached
-        self.run, self.log = ctx.run, log
-        log.heavy = log.heavy or not cached  # live training runs the backbone every epoch
+    The backbone is built when activations must be extracted (a cache miss), when the trial
+    fine-tunes (phase 2 trains the backbone's top), or when it trains on live images
+    (``--no-feature-cache``, or ``--augment-views 0`` with augmentation). Otherwise the head is
+    built alone on the cached pooled activations, with the same initial weights as inside the
+    whole model, and the backbone's cuts come from the architecture recorded in the cache.
+    """
+
+    def __init__(self, config: TrialConfig, ctx: SearchContext, number: int,
+                 log: TrainLog) -> None:
+        self.config, self.ctx, self.number, self.log = config, ctx, number, log
+        self.run = ctx.run
+        self.spec = get_spec(config.backbone)
+        self.source = ctx.resolver.resolve(self.spec, config.image_size)
+        self.binary = len(ctx.data.class_names) == 2
+        self.views = self._view_count()
+        self.cached = self.run.feature_cache and (config.augmentation == "none" or self.views > 0)
+        self._tm: TransferModel | None = None
+        self._head: Any = None
+        self.extracted: set[str] = set()  # what this trial had to extract: pooled, cut, views
+        log.heavy = log.heavy or not self.cached  # live training runs the backbone every epoch
+
+    # -- what is built ---------------------------------------------------------------------
+
+    @property
+    def built(self) -> bool:
+        """Whether the whole model (backbone included) was built."""
+        return self._tm is not None
+
+    def model(self) -> TransferModel:
+        """The whole transfer model, built on first use (its head replaces a head built alone)."""
+        if self._tm is None:
+            from automl.trial.model import build_model
+
+            try:
+                tm = build_model(self.config, self.spec, len(self.ctx.data.class_names),
+                                 self.source.weights, seed=self.run.seed + self.number)
+            except AutoMLError:
+                raise
+            except Exception as exc:
+                if self.source.kind == "download":
+                    raise WeightsError(f"downloading the ImageNet weights of '{self.spec.name}' "
+                                       f"failed ({exc}). Use --weights-dir DIR with the file, or "
+                                       "another backbone.") from None
+                if not isinstance(exc, ValueError | TypeError | OSError):
+                    raise
+                raise TrialFailed(f"{self.spec.name} cannot be built at "
+                                  f"{self.config.image_size} px: {exc}") from exc
+            self.ctx.cache.record_architecture(self.spec.name, self.config.image_size,
+                                               tm.architecture())
+            if self._head is not None:  # trained (or warm-started) already: keep its weights
+                tm.head.set_weights(self._head.get_weights())
+            self._tm, self._head = tm, tm.head
+        return self._tm
+
+    def architecture(self) -> Architecture:
+        """The backbone's cuts and widths, from the cache's record or by building it."""
+        arch = self.ctx.cache.architecture(self.spec.name, self.config.image_size)
+        return arch if arch is not None else self.model().architecture()
+
+    def cut(self) -> tuple[str | None, float]:
+        """The block boundary this trial's freeze depth falls on: (layer, depth)."""
+        if self._tm is not None:
+            return self._tm.cut.layer, self._tm.cut.depth
+        from automl.trial.model import Cut, choose_cut
+
+        cut = choose_cut([Cut(n, d) for n, d in self.architecture().cuts],
+                         self.config.freeze_depth)
+        return cut.layer, cut.depth
+
+    def fine_tunes(self) -> bool:
+        """Whether the trial has a phase 2 (a top above the cut, and epochs for it)."""
+        return self.run.fine_tune_epochs > 0 and self.cut()[1] < 1.0
+
+    def head(self) -> Any:
+        """The head: the whole model's, or built alone on the pooled activations' width."""
+        if self._head is None:
+            if not self.cached or self.fine_tunes():
+                return self.model().head
+            import keras
+
+            from automl.trial.model import build_head
+
+            keras.utils.set_random_seed(self.run.seed + self.number)
+            self._head = build_head(self.config, self.architecture().features,
+                                    len(self.ctx.data.class_names), self.run.seed + self.number)
+        return self._head
+
+    # -- phases ----------------------------------------------------------------------------
 
     def phase(self, number: int) -> Phase | None:
-        from automl.trial.train import Phase
+        from automl.trial.train import ArrayFeed, Phase
 
-        tm, run = self.tm, self.run
-        lr = tm.config.learning_rate * (1.0 if number == 1 else run.fine_tune_lr_factor)
+        run = self.run
+        lr = self.config.learning_rate * (1.0 if number == 1 else run.fine_tune_lr_factor)
         epochs = run.epochs if number == 1 else run.fine_tune_epochs
-        if number == 2 and (tm.top is None or epochs <= 0):
+        if number == 2 and not self.fine_tunes():
             return None
         self.log.heavy = self.log.heavy or number == 2  # fine-tuning runs the backbone's top
-        tm.set_phase(number)
+        if self.built or number == 2 or not self.cached:
+            self.model().set_phase(number)
         data = self.ctx.data
-        if self.cached:
+        if self.cached:  # activations first: a cache miss builds the model (and its head)
             at_cut = number == 2
-            model = tm.top_model() if at_cut else tm.head
-            train = self._arrays(self.features(data.train, at_cut), data.train.labels, True)
-            val = self._arrays(self.features(data.validation, at_cut), data.validation.labels)
+            train_x, views = self.train_features(at_cut)
+            train = ArrayFeed(train_x, data.train.labels, run.batch_size, shuffle=True,
+                              seed=run.seed, views=views)
+            val = ArrayFeed(self.features(data.validation, at_cut), data.validation.labels,
+                            run.batch_size)
+            model = self.model().top_model() if at_cut else self.head()
         else:
+            tm = self.model()
             model = tm.train_model()
-            size = tm.config.image_size
-            train = self._labels(pipeline.dataset(data.train, size, run.batch_size, shuffle=True,
-                                                    seed=run.seed))
-            val = self._labels(pipeline.dataset(data.validation, size, run.batch_size))
+            size = self.config.image_size
+            train = pipeline.dataset(data.train, size, run.batch_size, shuffle=True,
+                                     seed=run.seed)
+            val = pipeline.dataset(data.validation, size, run.batch_size)
         return Phase(model, train, val, lr, epochs)
+
+    # -- cached activations ----------------------------------------------------------------
+
+    def _view_count(self) -> int:
+        """Cached views per training image for this trial's augmentation (0: live)."""
+        policy = self.config.augmentation
+        if policy == "none" or self.run.augment_views <= 0:
+            return 0
+        return 2 if policy == "flip" else self.run.augment_views  # flip: exact with 2
+
+    def _key(self, split: Split, at_cut: bool, policy: str = "none", view: int = 0) -> FeatureKey:
+        return FeatureKey(self.ctx.data.fingerprint, split.name, self.spec.name,
+                          self.source.identity, self.config.image_size,
+                          (self.cut()[0] or "input") if at_cut else "pooled", policy, view)
 
     def features(self, split: Split, at_cut: bool) -> np.ndarray:
         """Frozen activations of ``split`` (pooled backbone output, or at the cut)."""
-        tm = self.tm
-        key = FeatureKey(self.ctx.data.fingerprint, split.name, tm.spec.name,
-                         self.source.identity, tm.config.image_size,
-                         (tm.cut.layer or "input") if at_cut else "pooled")
-        return self.ctx.cache.get(key, self._extract(split, at_cut))
+        return self.ctx.cache.get(self._key(split, at_cut), self._extract(split, at_cut, None))
 
-    def _extract(self, split: Split, at_cut: bool) -> Callable[[], np.ndarray]:
-        """Compute the activations on a cache miss (the backbone runs over the images)."""
+    def train_features(self, at_cut: bool) -> tuple[np.ndarray, bool]:
+        """The training split's activations, or its K augmented views ``[K, n, ...]``.
+
+        ``flip`` has exactly two views: the images as they are and mirrored. ``light`` and
+        ``heavy`` have ``--augment-views`` views, each one random draw of the policy per image.
+        """
+        split = self.ctx.data.train
+        if not self.views:
+            return self.features(split, at_cut), False
+        arrays = []
+        for view in range(self.views):
+            if view == 0 and self.config.augmentation == "flip":
+                arrays.append(self.features(split, at_cut))
+                continue
+            key = self._key(split, at_cut, self.config.augmentation, view)
+            arrays.append(self.ctx.cache.get(key, self._extract(split, at_cut, view)))
+        return np.stack(arrays), True
+
+    def _extract(self, split: Split, at_cut: bool,
+                 view: int | None) -> Callable[[], np.ndarray]:
+        """Compute the activations on a cache miss (the backbone runs over the images).
+
+        One pass gives the pooled output and the activations at every cut this run's space can
+        ask for (``RunConfig.cut_depths``); all of them are cached, the one asked for returned.
+        """
         def compute() -> np.ndarray:
+            from automl.trial import views
+            from automl.trial.model import choose_cut
+
             self.log.heavy = True
-            return extract_features(self.tm.feature_model(at_cut), split,
-                                    self.tm.config.image_size, self.run.batch_size)
+            self.extracted.add("views" if view is not None else "cut" if at_cut else "pooled")
+            tm = self.model()
+            cuts = {choose_cut(tm.cuts, depth) for depth in self.run.cut_depths}
+            layers = sorted({c.layer for c in cuts if c.depth < 1.0} | (
+                {tm.cut.layer} if at_cut else set()), key=lambda name: name or "")
+            augment = None if view is None else views.view_augmentation(
+                self.config.augmentation, self.run.seed, view)
+            arrays = extract_features(tm.features_model(layers), split, self.config.image_size,
+                                      self.run.batch_size, augment)
+            arrays = arrays if isinstance(arrays, list) else [arrays]  # one output: pooled
+            policy = "none" if view is None else self.config.augmentation
+            named = dict(zip([*layers, "pooled"], arrays, strict=True))
+            wanted = tm.cut.layer if at_cut else "pooled"
+            for name, array in named.items():
+                if name != wanted:
+                    key = FeatureKey(self.ctx.data.fingerprint, split.name, self.spec.name,
+                                     self.source.identity, self.config.image_size,
+                                     name or "input" if name != "pooled" else "pooled", policy,
+                                     view or 0)
+                    self.ctx.cache.put(key, array)
+            return named[wanted]
         return compute
 
     def evaluate(self, split: Split, best_phase: int) -> tuple[float, float]:
         """(loss, accuracy) of the trained model on a split."""
-        tm = self.tm
         if self.cached:
-            at_cut = best_phase == 2 and tm.top is not None
-            model = tm.top_model() if at_cut else tm.head
-            probs = model.predict(self.features(split, at_cut), batch_size=256, verbose=0)
+            at_cut = best_phase == 2 and self.fine_tunes()
+            x = self.features(split, at_cut)
+            model = self.model().top_model() if at_cut else self.head()
+            probs = model.predict(x, batch_size=1024, verbose=0)
         else:
-            images = pipeline.images(split, tm.config.image_size).batch(self.run.batch_size)
+            tm = self.model()
+            images = pipeline.images(split, self.config.image_size).batch(self.run.batch_size)
             probs = tm.inference.predict(images, verbose=0)
         return scores(probs, split.labels)
 
-    def _arrays(self, x: np.ndarray, y: np.ndarray, shuffle: bool = False) -> Any:
-        import tensorflow as tf
 
-        ds = tf.data.Dataset.from_tensor_slices((x, self._y(y)))
-        if shuffle:
-            ds = ds.shuffle(len(x), seed=self.run.seed, reshuffle_each_iteration=True)
-        return ds.batch(self.run.batch_size).prefetch(tf.data.AUTOTUNE)
+def extract_features(model: Any, split: Split, size: int, batch_size: int,
+                     augment: Callable[[Any], Any] | None = None) -> Any:
+    """Run the frozen part over a split, batched, in the split's fixed order (``augment``: a
+    function applied to each float batch first, e.g. one augmented view). A model with several
+    outputs gives a list of arrays.
 
-    def _labels(self, ds: Any) -> Any:
-        if not self.tm.binary:
-            return ds
-        return ds.map(lambda x, y: (x, self._y(y)))
-
-    def _y(self, y: Any) -> Any:
-        if not self.tm.binary:
-            return y
-        import tensorflow as tf
-
-        return tf.reshape(tf.cast(y, tf.float32), (-1, 1))
-
-
-def extract_features(model: Any, split: Split, size: int, batch_size: int) -> np.ndarray:
-    """Run the frozen part over a split, batched, in the split's fixed order."""
+    Plain and augmented activations go through the same compiled call, so a cached view equals
+    what the frozen part computes on that augmented image during training.
+    """
     import tensorflow as tf
 
     images = pipeline.images(split, size).batch(batch_size).map(lambda x: tf.cast(x, tf.float32))
-    return model.predict(images.prefetch(tf.data.AUTOTUNE), verbose=0)
+
+    @tf.function(reduce_retracing=True)
+    def frozen(x: Any) -> Any:
+        return model(x if augment is None else augment(x), training=False)
+
+    batches = [frozen(x) for x in images.prefetch(tf.data.AUTOTUNE)]
+    if not isinstance(batches[0], list | tuple):
+        return np.concatenate([b.numpy() for b in batches])
+    return [np.concatenate([b[i].numpy() for b in batches]) for i in range(len(batches[0]))]
 
 
 def scores(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

@@ -29,7 +29,8 @@ from keras_tuner.engine.trial import TrialStatus
 
 from automl.atomic import write_text_atomic
 from automl.config import RunConfig, TrialConfig
-from automl.errors import ConfigError, DataError, TrialFailed, WeightsError
+from automl.errors import ConfigError
+from automl.search import record
 from automl.search.drivers.kerastuner_space import (
     from_values,
     optuna_distributions,
@@ -38,13 +39,12 @@ from automl.search.drivers.kerastuner_space import (
 from automl.search.drivers.optuna_driver import (
     MAX_CONSECUTIVE_FAILURES,
     SearchStopped,
-    _fail,
-    _note_memory,
-    _record,
-    _warm_start,
     finished_count,
 )
-from automl.search.runner import DriverContext, execute
+from automl.search.progress import SearchProgress
+from automl.search.record import TrialRecord
+from automl.search.request import SearchSetup
+from automl.search.runner import DriverContext, execute, note_memory
 from automl.space import SearchSpace
 from automl.trial.result import head_path
 from automl.trial.trainlog import TrainLog
@@ -57,7 +57,11 @@ NEVER = 10**9  # keras-tuner's own failure limit raises mid-save; automl counts 
 
 
 class _AtomicSaves:
-    """Oracle mixin: oracle.json and trial.json written atomically (Ctrl-C never halves them)."""
+    """Oracle mixin: oracle.json and trial.json written atomically (Ctrl-C never halves them).
+
+    It overrides the oracle's own (private) save hooks: keras-tuner offers no public way to
+    choose how its project files are written.
+    """
 
     def save(self) -> None:
         write_text_atomic(self._get_oracle_fname(), json.dumps(self.get_state()))
@@ -169,22 +173,18 @@ class AutoMLTuner(kt.engine.base_tuner.BaseTuner):
             try:
                 result = execute(config, ctx, otrial.number, report, train_log, warm)
             finally:
-                _note_memory(otrial, ctx)
-        except KeyboardInterrupt:
-            _fail(self.study, otrial, train_log, "interrupted by the user (Ctrl-C)", "INTERRUPTED")
-            raise
-        except (ConfigError, DataError, WeightsError) as exc:
-            _fail(self.study, otrial, train_log, str(exc))
-            raise
-        except Exception as exc:  # TrialFailed, out of memory, a backbone that breaks, ...
-            log.debug("trial %d failed", otrial.number, exc_info=True)
-            reason = str(exc) if isinstance(exc, TrialFailed) else (
-                f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}" if str(exc)
-                else type(exc).__name__)
-            _fail(self.study, otrial, train_log, reason)
-            raise kt.errors.FailedTrialError(reason) from None
-        _record(otrial, result, ctx.trials_dir)
-        self.study.tell(otrial, result.val_accuracy)
+                note_memory(otrial, ctx)
+        except BaseException as exc:  # no pruning here: keras-tuner's oracles never prune
+            outcome = record.classify(exc, prunable=False)
+            if outcome is None:
+                raise
+            if not outcome.stop:  # TrialFailed, out of memory, a backbone that breaks, ...
+                log.debug("trial %d failed", otrial.number, exc_info=True)
+            record.settle(self.study, otrial, outcome, train_log.epochs)
+            if outcome.stop:
+                raise
+            raise kt.errors.FailedTrialError(outcome.reason) from None
+        record.complete(self.study, otrial, result, ctx.trials_dir)
         return {OBJECTIVE: result.val_accuracy}
 
     def save(self) -> None:
@@ -231,7 +231,7 @@ class AutoMLTuner(kt.engine.base_tuner.BaseTuner):
                     on_trial_end(self.study, self.study.get_trials(deepcopy=False)[
                         self._current.number])
             if failures >= MAX_CONSECUTIVE_FAILURES:
-                last = self.study.get_trials(deepcopy=False)[-1].user_attrs.get("reason", "")
+                last = TrialRecord.of(self.study.get_trials(deepcopy=False)[-1]).reason
                 raise SearchStopped(f"{failures} trials failed in a row; the search stops. "
                                     f"Last reason: {last}")
         return ran
@@ -240,16 +240,15 @@ class AutoMLTuner(kt.engine.base_tuner.BaseTuner):
         """A RUNNING Optuna trial holding ``params`` and the attributes the leaderboard reads."""
         values = trial.hyperparameters.values
         dists = optuna_distributions(self.space)
-        attrs: dict[str, Any] = {"config": TrialConfig.from_params(params).as_dict(),
-                                 "kt_trial_id": trial.trial_id, "kt_algorithm": self.algorithm,
-                                 "stage": self.algorithm}
+        rec = TrialRecord(config=TrialConfig.from_params(params).as_dict(),
+                          kt_trial_id=trial.trial_id, kt_algorithm=self.algorithm,
+                          stage=self.algorithm)
         if "tuner/epochs" in values:
-            attrs.update(stage=f"hyperband r{values['tuner/round']}",
-                         kt_budget=values["tuner/epochs"], kt_bracket=values["tuner/bracket"],
-                         kt_round=values["tuner/round"])
-            if "tuner/trial_id" in values:
-                attrs["kt_continues"] = values["tuner/trial_id"]
-        self.study.enqueue_trial({k: params[k] for k in dists}, user_attrs=attrs)
+            rec = dataclasses.replace(
+                rec, stage=f"hyperband r{values['tuner/round']}",
+                kt_budget=values["tuner/epochs"], kt_bracket=values["tuner/bracket"],
+                kt_round=values["tuner/round"], kt_continues=values.get("tuner/trial_id"))
+        record.enqueue(self.study, {k: params[k] for k in dists}, rec)
         return self.study.ask(dists)
 
     def _schedule(self, trial: Any, otrial: optuna.Trial) -> tuple[DriverContext, Any]:
@@ -267,15 +266,16 @@ class AutoMLTuner(kt.engine.base_tuner.BaseTuner):
         head, tune = budget_epochs(int(values["tuner/epochs"]), run)
         ctx = dataclasses.replace(self.ctx, run=dataclasses.replace(
             run, epochs=head, fine_tune_epochs=tune))
-        before = self._predecessor(values.get("tuner/trial_id"), otrial.user_attrs["config"])
+        before = self._predecessor(values.get("tuner/trial_id"), TrialRecord.of(otrial).config)
         if before is None:
             return ctx, None
-        prev_head = budget_epochs(int(before.user_attrs.get("kt_budget", 0)), run)[0]
-        ran = sum(row.get("phase") == 1 for row in before.user_attrs.get("history", []))
+        earlier = TrialRecord.of(before)
+        prev_head = budget_epochs(int(earlier.kt_budget or 0), run)[0]
+        ran = sum(row.get("phase") == 1 for row in earlier.history)
         if not (ran < prev_head or prev_head >= run.epochs):
             return ctx, None  # its head phase was cut short by its budget: train afresh
-        otrial.set_user_attr("refines", before.number)
-        return ctx, _warm_start(self.study, otrial, ctx)
+        record.write(otrial, refines=before.number)
+        return ctx, record.warm_start(self.study, otrial, ctx.trials_dir)
 
     def _predecessor(self, kt_id: str | None, config: dict[str, Any],
                      ) -> optuna.trial.FrozenTrial | None:
@@ -283,8 +283,8 @@ class AutoMLTuner(kt.engine.base_tuner.BaseTuner):
         if kt_id is None:
             return None
         for t in reversed(self.study.get_trials(deepcopy=False)):
-            if (t.user_attrs.get("kt_trial_id") == kt_id and t.state.name == "COMPLETE"
-                    and t.user_attrs.get("config") == config
+            rec = TrialRecord.of(t)
+            if (rec.kt_trial_id == kt_id and t.state.name == "COMPLETE" and rec.config == config
                     and head_path(self.ctx.trials_dir, t.number).is_file()):
                 return t
         return None
@@ -311,8 +311,9 @@ class AutoMLTuner(kt.engine.base_tuner.BaseTuner):
         for tuner_id, ongoing in list(self.oracle.ongoing_trials.items()):
             if ongoing.trial_id == trial.trial_id:
                 self.oracle.ongoing_trials.pop(tuner_id)
-        if trial.trial_id not in self.oracle._retry_queue:
-            self.oracle._retry_queue.append(trial.trial_id)
+        queue = retry_queue(self.oracle)
+        if trial.trial_id not in queue:
+            queue.append(trial.trial_id)
         self.save()
 
     def _requeue_orphans(self) -> None:
@@ -321,13 +322,23 @@ class AutoMLTuner(kt.engine.base_tuner.BaseTuner):
         (A kill between writing trial.json and oracle.json leaves such a trial; the Bayesian
         oracle would otherwise score it with a stale value.)
         """
-        queued = set(self.oracle._retry_queue) | {
-            t.trial_id for t in self.oracle.ongoing_trials.values()}
+        queue = retry_queue(self.oracle)
+        queued = set(queue) | {t.trial_id for t in self.oracle.ongoing_trials.values()}
         orphans = [tid for tid, t in self.oracle.trials.items()
                    if t.status == TrialStatus.RUNNING and tid not in queued]
         if orphans:
-            self.oracle._retry_queue.extend(orphans)
+            queue.extend(orphans)
             self.save()
+
+
+def retry_queue(oracle: kt.Oracle) -> list[str]:
+    """The oracle's retry list (live): trial ids ``create_trial`` hands out again first.
+
+    keras-tuner keeps it private and has no public call that queues a trial for another run
+    without ending it: ``end_trial`` with status INVALID counts a run and fails the trial past
+    ``max_retries_per_trial``, and ``set_state`` rebuilds the oracle's whole state.
+    """
+    return oracle._retry_queue
 
 
 def _space_config(hp: kt.HyperParameters) -> str:
@@ -337,6 +348,19 @@ def _space_config(hp: kt.HyperParameters) -> str:
 
 def _hyperband_settings(oracle: kt.Oracle) -> tuple[Any, ...]:
     return (getattr(oracle, "max_epochs", None), getattr(oracle, "factor", None))
+
+
+def search(setup: SearchSetup, on_trial_end: Callable[[optuna.Study, Any], None],
+           progress: SearchProgress | None = None) -> int:
+    """Run the prepared study with keras-tuner's ``--algorithm``; return how many trials ran.
+
+    Its oracle and project (``<study folder>/keras_tuner/<algorithm>``) are set up by ``run``;
+    ``progress`` hears only how trials end (through ``on_trial_end``).
+    """
+    req = setup.req
+    return run(setup.space, setup.ctx, setup.study, algorithm=req.algorithm_or_default,
+               n_trials=req.trials, timeout=req.timeout, on_trial_end=on_trial_end,
+               project_dir=setup.folder / "keras_tuner")
 
 
 def run(space: SearchSpace, ctx: DriverContext, study: optuna.Study, *, algorithm: str,
@@ -358,7 +382,4 @@ def _fail_waiting(study: optuna.Study) -> None:
     handed out in place of the next trial's own entry.
     """
     for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-        study._storage.set_trial_user_attr(frozen._trial_id, "reason",
-                                           "the process that enqueued it stopped before it ran")
-        study._storage.set_trial_user_attr(frozen._trial_id, "state_detail", "INTERRUPTED")
-        study._storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.FAIL)
+        record.close_left_over(study, frozen, "the process that enqueued it stopped before it ran")

@@ -1,4 +1,7 @@
-"""The Optuna driver: translate the space into suggestions and run trials until N are finished."""
+"""The Optuna driver: translate the space into suggestions and run trials until N are finished.
+
+``search`` sets the study up for it (TPE sampler, pruner, a new study's start trials) and runs it.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +12,21 @@ import os
 import socket
 import time
 import warnings
+import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
 from automl.config import TrialConfig
-from automl.errors import AutoMLError, ConfigError, DataError, TrialFailed, WeightsError
-from automl.search import heartbeat
+from automl.errors import AutoMLError, ConfigError
+from automl.search import heartbeat, record
 from automl.search.progress import SearchProgress
-from automl.search.runner import DriverContext, execute
-from automl.space import Categorical, Fixed, IntRange, Param, SearchSpace
-from automl.trial.result import TrialResult, WarmStart, head_path
+from automl.search.record import TrialRecord
+from automl.search.request import SearchSetup
+from automl.search.runner import DriverContext, execute, note_memory
+from automl.space import Categorical, Fixed, IntRange, Param, SearchSpace, parse_variant
 from automl.trial.trainlog import TrainLog
 
 log = logging.getLogger("automl")
@@ -31,6 +35,7 @@ MAX_CONSECUTIVE_FAILURES = 5
 PRUNE_WARMUP_EPOCHS = 1  # per phase: the first epoch of a phase is never pruned
 REFINE_TOP = 3  # refinement cycles over the best few screened configurations
 START_HEADS = 3  # trials on the start point's backbone and size right after it
+TPE_STARTUP_TRIALS = 10  # Optuna's default: random trials before TPE models the results
 
 
 class SearchStopped(AutoMLError):
@@ -77,35 +82,35 @@ def plan(space: SearchSpace, study: optuna.Study, trial: optuna.Trial, n_trials:
     """
     refine = space.refinement()
     if not refine or screen_fraction >= 1.0:
-        trial.set_user_attr("stage", "full")
+        record.write(trial, stage="full")
         return suggest(space, trial)
     trials = study.get_trials(deepcopy=False)
-    screened = [t for t in trials if t.user_attrs.get("stage") == "screen" and t.state in FINISHED]
+    stage = {t.number: TrialRecord.of(t).stage for t in trials}
+    screened = [t for t in trials if stage[t.number] == "screen" and t.state in FINISHED]
     best = sorted((t for t in screened if t.state == optuna.trial.TrialState.COMPLETE),
                   key=lambda t: -(t.value or 0.0))
     # other workers' screening trials in flight count too, or several workers over-screen
-    busy = sum(t.user_attrs.get("stage") == "screen" and t.number != trial.number
+    busy = sum(stage[t.number] == "screen" and t.number != trial.number
                and t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
                for t in trials)
     if len(screened) + busy < max(1, math.ceil(screen_fraction * n_trials)) or not best:
-        trial.set_user_attr("stage", "screen")
+        record.write(trial, stage="screen")
         return suggest(space.screening(), trial)
-    refinements = [t.user_attrs.get("refines") for t in trials
-                   if t.user_attrs.get("stage") == "refine"]
+    refinements = [TrialRecord.of(t).refines for t in trials if stage[t.number] == "refine"]
     if all(isinstance(p, Fixed) for p in refine.values()):
         # one refinement per base: a second would only repeat the same configuration
         fresh = [t for t in best if t.number not in refinements]
         if not fresh:
-            trial.set_user_attr("stage", "screen")
+            record.write(trial, stage="screen")
             return suggest(space.screening(), trial)
         base = fresh[0]
     else:
         base = best[len(refinements) % min(REFINE_TOP, len(best))]
-    params = dict(base.user_attrs["config"])
+    params = dict(TrialRecord.of(base).config)
     for name, p in refine.items():
-        params[name] = suggest_param(p, trial, f"refine_{name}")
-    trial.set_user_attr("stage", "refine")
-    trial.set_user_attr("refines", base.number)
+        value = suggest_param(p, trial, f"refine_{name}")
+        params.update(parse_variant(value) if name == "variant" else {name: value})
+    record.write(trial, stage="refine", refines=base.number)
     return params
 
 
@@ -135,7 +140,7 @@ def start_trials(space: SearchSpace, n_trials: int, screen_fraction: float,
 def enqueue_start_trials(study: optuna.Study, trials: list[tuple[dict[str, Any], str]]) -> None:
     """Queue ``start_trials`` (recorded as the user attribute ``start``)."""
     for params, label in trials:
-        study.enqueue_trial(params, user_attrs={"start": label})
+        record.enqueue(study, params, TrialRecord(start=label))
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -150,10 +155,7 @@ def recover_stale(study: optuna.Study) -> list[int]:
     """
     stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for frozen in stale:
-        study._storage.set_trial_user_attr(frozen._trial_id, "reason",
-                                           "the process running it stopped (killed or crashed)")
-        study._storage.set_trial_user_attr(frozen._trial_id, "state_detail", "INTERRUPTED")
-        study._storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.FAIL)
+        record.close_left_over(study, frozen, "the process running it stopped (killed or crashed)")
     return [t.number for t in stale]
 
 
@@ -188,6 +190,41 @@ def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
     return ahead >= n_trials
 
 
+def search(setup: SearchSetup, on_trial_end: Callable[[optuna.Study, Any], None],
+           progress: SearchProgress | None = None) -> int:
+    """Set the prepared study up for this driver and run it; return how many trials ran here.
+
+    The pruner behind ``--pruner``, a TPE sampler (``make_sampler``) and, when this process
+    created the study, its start trials (queued right before its first trial).
+    """
+    req, study = setup.req, setup.study
+    fraction = req.screen_fraction_or_default
+    planned = start_trials(setup.space, req.trials, fraction)
+    study.pruner = make_pruner(req.pruner_or_default)
+    study.sampler = make_sampler(study, req.run.seed, shared=setup.shared,
+                                 start=len(planned), created=setup.created)
+    return run(setup.space, setup.ctx, study, n_trials=req.trials, timeout=req.timeout,
+               on_trial_end=on_trial_end, screen_fraction=fraction, progress=progress,
+               queue=planned if setup.created else [])
+
+
+def make_sampler(study: optuna.Study, seed: int, *, shared: bool, start: int,
+                 created: bool) -> optuna.samplers.TPESampler:
+    """TPE for this run: seeded apart from earlier runs and other workers; its random start is
+    not shortened by the ``start`` start trials this process queues (``created``) or a new
+    study's creator queued (a worker that joins before any trial finished counts them too)."""
+    # a resumed search must not replay the same random start points, nor may two workers
+    # started at once; with several workers, TPE imagines the running trials' results
+    seed += len(study.trials)
+    if shared:
+        seed += zlib.crc32(worker_name().encode()) % 100_003
+    if not created and finished_count(study):
+        start = sum(TrialRecord.of(t).start is not None
+                    for t in study.get_trials(deepcopy=False))
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=shared,
+                                      n_startup_trials=TPE_STARTUP_TRIALS + start)
+
+
 def run(space: SearchSpace, ctx: DriverContext, study: optuna.Study, *, n_trials: int,
         timeout: float | None, on_trial_end: Callable[[optuna.Study, Any], None],
         screen_fraction: float = 0.8, progress: SearchProgress | None = None,
@@ -205,8 +242,7 @@ def run(space: SearchSpace, ctx: DriverContext, study: optuna.Study, *, n_trials
     progress = progress if progress is not None else SearchProgress()
     failures, ran, start = 0, 0, time.monotonic()
     shared = heartbeat.enabled(study)
-    poll = max(1.0, min(10.0, float(study._storage.get_heartbeat_interval() or 10))) \
-        if shared else 0.0
+    poll = max(1.0, min(10.0, float(heartbeat.interval(study) or 10))) if shared else 0.0
     said_waiting = False
     while True:
         heartbeat.fail_stale(study)
@@ -231,16 +267,17 @@ def run(space: SearchSpace, ctx: DriverContext, study: optuna.Study, *, n_trials
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
             trial = study.ask()
         with heartbeat.beating(study, trial):
+            record.begin(trial)
             if shared and _surplus(study, trial, n_trials):
-                _fail(study, trial, TrainLog(), f"not needed: {n_trials} trials were already "
-                      "finished or running when it started", "SKIPPED")
+                record.fail(study, trial, [], f"not needed: {n_trials} trials were already "
+                            "finished or running when it started", "SKIPPED")
                 continue
             ran += 1
             state = _ask_and_run(space, ctx, study, trial, n_trials, screen_fraction,
                                  on_trial_end, progress)
         failures = failures + 1 if state == optuna.trial.TrialState.FAIL else 0
         if failures >= MAX_CONSECUTIVE_FAILURES:
-            last = study.get_trials(deepcopy=False)[trial.number].user_attrs.get("reason", "")
+            last = TrialRecord.of(study.get_trials(deepcopy=False)[trial.number]).reason
             raise SearchStopped(f"{failures} trials failed in a row; the search stops. "
                                 f"Last reason: {last}")
     return ran
@@ -252,21 +289,21 @@ def _ask_and_run(space: SearchSpace, ctx: DriverContext, study: optuna.Study,
                  progress: SearchProgress) -> optuna.trial.TrialState:
     """Plan an asked trial (or take over a retried one's configuration), run it, report it."""
     try:
-        trial.set_user_attr("host", worker_name())
+        record.write(trial, host=worker_name())
         try:
-            config = trial.user_attrs.get("config")  # a retried trial keeps its configuration
+            config = TrialRecord.of(trial).config  # a retried trial keeps its configuration
             params = dict(config) if config else plan(space, study, trial, n_trials,
                                                       screen_fraction)
         except ValueError as exc:  # Optuna: a parameter's choices differ from earlier trials
-            _fail(study, trial, TrainLog(), f"search space changed: {exc}")
+            record.fail(study, trial, [], f"search space changed: {exc}")
             raise ConfigError(
                 f"the search space differs from the one this study was started with ({exc}). "
                 "Use the same space (and make the same backbones' weights available), or "
                 "start a new study with --study NAME.") from None
-        except KeyboardInterrupt:
-            _fail(study, trial, TrainLog(), "interrupted by the user (Ctrl-C)", "INTERRUPTED")
+        except KeyboardInterrupt as exc:
+            record.settle(study, trial, record.classify(exc), [])
             raise
-        progress.trial_start(trial.number, params, trial.user_attrs.get("stage", ""))
+        progress.trial_start(trial.number, params, TrialRecord.of(trial).stage)
         return _run_one(params, ctx, study, trial, progress)
     finally:  # also after Ctrl-C: the leaderboard shows the interrupted trial
         gc.collect()
@@ -278,7 +315,7 @@ def _run_one(params: dict[str, Any], ctx: DriverContext, study: optuna.Study,
              ) -> optuna.trial.TrialState:
     """Run one asked trial and tell Optuna how it ended."""
     config = TrialConfig.from_params(params)
-    trial.set_user_attr("config", config.as_dict())
+    record.write(trial, config=config.as_dict())
     train_log = TrainLog()
 
     def report(epoch: int, row: dict[str, float]) -> None:
@@ -292,67 +329,18 @@ def _run_one(params: dict[str, Any], ctx: DriverContext, study: optuna.Study,
     try:
         try:
             result = execute(config, ctx, trial.number, report, train_log,
-                             _warm_start(study, trial, ctx))
+                             record.warm_start(study, trial, ctx.trials_dir))
         finally:
-            _note_memory(trial, ctx)
-    except optuna.TrialPruned:
-        trial.set_user_attr("history", train_log.epochs)
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        return optuna.trial.TrialState.PRUNED
-    except KeyboardInterrupt:
-        _fail(study, trial, train_log, "interrupted by the user (Ctrl-C)", "INTERRUPTED")
-        raise
-    except (ConfigError, DataError, WeightsError) as exc:
-        _fail(study, trial, train_log, str(exc))
-        raise
-    except TrialFailed as exc:
-        _fail(study, trial, train_log, str(exc))
-        return optuna.trial.TrialState.FAIL
-    except Exception as exc:  # out of memory, a backbone that breaks at this size, ...
-        log.debug("trial %d failed", trial.number, exc_info=True)
-        _fail(study, trial, train_log, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-              if str(exc) else type(exc).__name__)
-        return optuna.trial.TrialState.FAIL
-    _record(trial, result, ctx.trials_dir)
-    study.tell(trial, result.val_accuracy)
+            note_memory(trial, ctx)
+    except BaseException as exc:  # pruned, Ctrl-C, bad input, a failed trial: see classify
+        outcome = record.classify(exc)
+        if outcome is None:
+            raise
+        if outcome.unexpected:  # out of memory, a backbone that breaks at this size, ...
+            log.debug("trial %d failed", trial.number, exc_info=True)
+        record.settle(study, trial, outcome, train_log.epochs)
+        if outcome.stop:
+            raise
+        return outcome.state
+    record.complete(study, trial, result, ctx.trials_dir)
     return optuna.trial.TrialState.COMPLETE
-
-
-def _note_memory(trial: optuna.Trial, ctx: DriverContext) -> None:
-    """Record the trial worker's memory after the trial (how the benchmark sees it stay flat)."""
-    memory = getattr(ctx.runner, "memory", None)
-    if memory is not None:
-        trial.set_user_attr("worker_memory", {"pid": ctx.runner.last_pid,
-                                              "rss_mb": round(memory.rss_mb, 1),
-                                              "cache_mb": round(memory.cache_mb, 1)})
-
-
-def _warm_start(study: optuna.Study, trial: optuna.Trial, ctx: DriverContext,
-                ) -> WarmStart | None:
-    """A refinement trial reuses the head phase of the screened trial it refines."""
-    base_number = trial.user_attrs.get("refines")
-    if base_number is None:
-        return None
-    base = study.get_trials(deepcopy=False)[base_number]
-    head = head_path(ctx.trials_dir, base_number)
-    history = [row for row in base.user_attrs.get("history", []) if row.get("phase") == 1]
-    result = base.user_attrs.get("result") or {}
-    if not head.is_file() or not history or "val_loss" not in result:
-        return None
-    return WarmStart(head, history, min(row["val_loss"] for row in history))
-
-
-def _record(trial: optuna.Trial, result: TrialResult, artifacts: Path) -> None:
-    summary = {k: v for k, v in asdict(result).items() if k != "history"}
-    trial.set_user_attr("result", summary)
-    trial.set_user_attr("history", result.history)
-    if result.weights_file:  # relative to the artifact root: any worker's mount point works
-        trial.set_user_attr("weights", Path(result.weights_file).relative_to(artifacts).as_posix())
-
-
-def _fail(study: optuna.Study, trial: optuna.Trial, train_log: TrainLog, reason: str,
-          detail: str = "FAIL") -> None:
-    trial.set_user_attr("history", train_log.epochs)
-    trial.set_user_attr("reason", reason)
-    trial.set_user_attr("state_detail", detail)
-    study.tell(trial, state=optuna.trial.TrialState.FAIL)

@@ -1,0 +1,185 @@
+"""What the tests share: tiny data sets, reading results (CSV, study), running the CLI.
+
+Import it as ``from helpers import ...`` (pytest puts ``tests/`` on the path). Nothing here
+imports TensorFlow at module level; :func:`animal_mnist_npz` with ``from_splits`` and
+:func:`run_model` import it when called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+# ---------------------------------------------------------------------------------- data sets
+
+
+def animal_mnist_npz(path: Path, train: int = 40, val: int = 10, test: int = 20, *,
+                     classes: Sequence[str] | None = None, seed: int | None = 0,
+                     from_splits: bool = False, every: int | None = None) -> Path:
+    """A small .npz of the embedded Animal-MNIST (``x_``/``y_train``, ``_val``, ``_test`` and
+    ``class_names``), written to ``path``; returns ``path``.
+
+    By default the images come from its raw pool (28x28x1 grayscale, no TensorFlow): per class
+    (``classes``, in that order and numbered 0.., default all ten), ``train`` then ``val`` then
+    ``test`` consecutive images after shuffling them with ``seed`` (``None``: pool order).
+
+    With ``from_splits`` they come from the stratified train/validation/test splits that
+    ``load_data(None)`` carves, as 28 px RGB through the input pipeline (imports TensorFlow):
+    the first ``train``/``val``/``test`` images of each class of the matching split, in split
+    order, or with ``every=k`` every k-th image of each split.
+    """
+    from automl.data.sources import ANIMAL_MNIST_CLASSES
+
+    arrays: dict[str, np.ndarray] = {}
+    counts = {"train": train, "val": val, "test": test}
+    if from_splits:
+        if classes is not None:
+            raise ValueError("classes= picks from the raw pool only, not from_splits")
+        from automl.data import pipeline
+        from automl.data.load import load_data
+
+        full = load_data(None)
+        for key, split in (("train", full.train), ("val", full.validation), ("test", full.test)):
+            if every is not None:
+                keep = np.arange(len(split))[::every]
+            else:
+                keep = np.sort(np.concatenate([np.flatnonzero(split.labels == c)[:counts[key]]
+                                               for c in range(len(full.class_names))]))
+            images = np.stack(list(pipeline.images(split, 28).as_numpy_iterator()))
+            arrays[f"x_{key}"], arrays[f"y_{key}"] = images[keep], split.labels[keep]
+        names = full.class_names
+    else:
+        if every is not None:
+            raise ValueError("every= applies to from_splits only")
+        from automl.data.sources import read_animal_mnist
+
+        pool = read_animal_mnist().pools["train"]
+        names = list(classes) if classes is not None else ANIMAL_MNIST_CLASSES
+        rng = np.random.default_rng(seed) if seed is not None else None
+        chunks: dict[str, list[np.ndarray]] = {key: [] for key in counts}
+        for name in names:
+            index = np.flatnonzero(pool.labels == ANIMAL_MNIST_CLASSES.index(name))
+            if rng is not None:
+                index = rng.permutation(index)
+            start = 0
+            for key, n in counts.items():
+                chunks[key].append(index[start:start + n])
+                start += n
+        for key, parts in chunks.items():
+            index = np.concatenate(parts)
+            arrays[f"x_{key}"] = pool.array[index]
+            arrays[f"y_{key}"] = np.repeat(np.arange(len(names), dtype=pool.labels.dtype),
+                                           [len(p) for p in parts])
+    return write_npz(path, **arrays, class_names=np.array(names))
+
+
+def write_npz(path: Path, **arrays: Any) -> Path:
+    """``np.savez(path, **arrays)``; returns ``path`` (to build data sources inline)."""
+    np.savez(path, **arrays)
+    return path
+
+
+def image_folder(root: Path, images: Mapping[str, Sequence[np.ndarray]]) -> Path:
+    """An image-folder data set: ``root/<class>/<i>.png`` for each class's uint8 arrays (i from
+    0 in each class); returns ``root``."""
+    from PIL import Image
+
+    for name, arrays in images.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i, array in enumerate(arrays):
+            Image.fromarray(np.asarray(array, np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+# ------------------------------------------------------------------------- reading the results
+
+
+def csv_rows(path: Path, *, missing_ok: bool = False) -> list[dict[str, str]]:
+    """The rows of a CSV file (a leaderboard, a summary) as dicts of strings; with
+    ``missing_ok`` a file that does not exist (yet) has no rows."""
+    if missing_ok and not Path(path).is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def load_study(results: Path | None = None, study: str = "default", *,
+               storage: str | None = None) -> Any:
+    """The Optuna study a search wrote: ``<results>/<study>/study.db`` read by plain Optuna, or
+    with ``storage`` (a database URL or ``journal:FILE``) through automl's own opener."""
+    if storage is not None:
+        from automl.search.study import open_study
+
+        return open_study(Path(results or "."), study, storage, create=False)
+    import optuna
+
+    return optuna.load_study(study_name=study,
+                             storage=f"sqlite:///{Path(results) / study / 'study.db'}")
+
+
+# ----------------------------------------------------------------------------- running the CLI
+
+
+class Printed(NamedTuple):
+    """What a CLI run printed."""
+
+    out: str
+    err: str
+
+
+def run_cli(*args: str | Path, code: int = 0) -> Printed:
+    """Run ``automl *args`` in this process, assert its exit code and return what it printed.
+
+    A refusal (``code=2``) must be one clear message: stderr starts with ``error: `` and holds
+    no traceback.
+    """
+    from automl.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            got = main([str(a) for a in args])
+    finally:  # and again where pytest captures it, to be shown when the test fails
+        sys.stdout.write(out.getvalue())
+        sys.stderr.write(err.getvalue())
+    printed = Printed(out.getvalue(), err.getvalue())
+    assert got == code, f"automl exited {got}, not {code}:\n{printed.err[-2000:]}"
+    if code == 2:
+        assert printed.err.startswith("error: ") and "Traceback" not in printed.err, printed.err
+    return printed
+
+
+def cli_command(*args: str | Path) -> list[str]:
+    """The command line that runs ``automl *args`` in a new Python process (for Popen)."""
+    return [sys.executable, "-m", "automl.cli", *map(str, args)]
+
+
+def run_cli_process(*args: str | Path, code: int = 0, env: Mapping[str, str] | None = None,
+                    timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``automl *args`` in a new process (``env`` added to this one's environment), assert
+    its exit code and return it with its output as text."""
+    done = subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **env} if env is not None else None)
+    assert done.returncode == code, (f"automl exited {done.returncode}, not {code}:\n"
+                                     f"{done.stderr[-2000:]}")
+    return done
+
+
+# ------------------------------------------------------------------------------------- models
+
+
+def run_model(model: Any, x: Any) -> np.ndarray:
+    """A Keras model's output on ``x`` in inference mode, as numpy (a direct call: ``predict``
+    compiles a graph, slower for one batch)."""
+    import keras
+
+    return keras.ops.convert_to_numpy(model(x, training=False))

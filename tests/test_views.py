@@ -1,0 +1,108 @@
+"""Cached augmented views and head-only trials (automl.trial.run, automl.trial.train)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from automl.backbones.weights import WeightsResolver
+from automl.config import RunConfig, TrialConfig
+from automl.data import pipeline
+from automl.data.load import load_data
+from automl.trial.features import FeatureCache
+from automl.trial.run import SearchContext, _Trainer, run_trial
+from automl.trial.train import ArrayFeed
+from automl.trial.trainlog import TrainLog
+
+RUN = RunConfig(epochs=2, fine_tune_epochs=1, batch_size=32, seed=0, augment_views=3)
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_npz: Path, tmp_path_factory: pytest.TempPathFactory) -> SearchContext:
+    tmp = tmp_path_factory.mktemp("views")
+    return SearchContext(load_data(tiny_npz), RUN, WeightsResolver(),
+                         FeatureCache(tmp / "features", 1 << 29), tmp / "trials")
+
+
+def test_views_are_drawn_without_replacement_per_input() -> None:
+    n, k = 50, 4
+    feed = ArrayFeed(np.zeros((k, n, 3), np.float32), np.arange(n), 8, shuffle=True, seed=1,
+                     views=True)
+    for cycle in range(2):
+        seen = np.stack([feed.epoch_rows(cycle * k + e) for e in range(k)])  # [k, n] rows
+        view, image = seen // n, seen % n
+        for i in range(n):
+            assert sorted(view[image == i]) == list(range(k))  # each view of i exactly once
+    assert not np.array_equal(feed.epoch_rows(0) % n, feed.epoch_rows(1) % n)  # reshuffled
+
+
+def test_flip_plus_frozen_part_equals_one_of_two_cached_views(ctx: SearchContext) -> None:
+    import keras
+    import tensorflow as tf
+
+    config = TrialConfig("efficientnet_lite0", 32, 1.0, 0, 0.0, 1e-3, "flip")
+    trainer = _Trainer(config, ctx, 0, TrainLog())
+    views, is_views = trainer.train_features(at_cut=False)
+    assert is_views and views.shape[:2] == (2, len(ctx.data.train))
+    frozen = trainer.model().feature_model(at_cut=False)
+    flip = keras.layers.RandomFlip("horizontal", seed=5)
+    live_step = tf.function(lambda x: frozen(flip(x, training=True), training=False))
+    images = pipeline.images(ctx.data.train, 32).batch(RUN.batch_size)
+    live = np.concatenate([live_step(tf.cast(x, tf.float32)).numpy() for x in images])
+    gaps = np.abs(live[None] - views).max(axis=2)  # [2, n]: distance to each view
+    assert gaps.min(axis=0).max() <= 1e-5
+    chosen = gaps.argmin(axis=0)
+    assert set(chosen) == {0, 1}  # both views occur
+
+
+def test_head_only_trial_never_builds_the_backbone(ctx: SearchContext,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    first = run_trial(TrialConfig("efficientnet_lite0", 32, 1.0, 32, 0.1, 3e-3, "none"), ctx, 1)
+    assert first.weights_kind == "model"  # the first trial extracted: it built the model
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("a head-only trial built the backbone")
+
+    monkeypatch.setattr("automl.trial.model.build_backbone", refuse)
+    for number, config in enumerate((
+            TrialConfig("efficientnet_lite0", 32, 1.0, 0, 0.3, 1e-2, "none"),
+            TrialConfig("efficientnet_lite0", 32, 1.0, 64, 0.2, 3e-3, "flip"),
+            TrialConfig("efficientnet_lite0", 32, 1.0, 64, 0.2, 3e-3, "light")), start=2):
+        if config.augmentation == "light":  # its views need one extraction: allowed once
+            monkeypatch.undo()
+            run_trial(config, ctx, 9)
+            monkeypatch.setattr("automl.trial.model.build_backbone", refuse)
+        result = run_trial(config, ctx, number)
+        assert result.weights_kind == "head"
+        assert result.params == first.params - 32 * 1281 - 33 * 10 + (
+            config.head_width * 1281 + (config.head_width + 1) * 10 if config.head_width
+            else 1281 * 10)
+        assert result.val_accuracy > 0.3  # 10 classes: chance is 0.1
+        assert Path(result.weights_file).name == "head.weights.h5"
+
+
+def test_one_pass_caches_the_cuts_a_later_fine_tuning_trial_needs(tiny_npz: Path,
+                                                                   tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    run = replace(RUN, cut_depths=(0.9,))
+    cache = FeatureCache(tmp_path / "features", 1 << 29)
+    ctx = SearchContext(load_data(tiny_npz), run, WeightsResolver(), cache, tmp_path / "t")
+    first = run_trial(TrialConfig("efficientnet_lite0", 32, 1.0, 0, 0.1, 3e-3, "none"), ctx, 0)
+    assert first.kind == "extraction"
+    misses = cache.misses
+    tuned = run_trial(TrialConfig("efficientnet_lite0", 32, 0.9, 0, 0.1, 3e-3, "none"), ctx, 1)
+    assert cache.misses == misses  # the activations at its cut came with the pooled ones
+    assert tuned.kind == "fine-tuning" and tuned.weights_kind == "model"
+    assert any(row["phase"] == 2 for row in tuned.history)
+    # what was cached equals what the frozen part computes at that cut
+    trainer = _Trainer(TrialConfig("efficientnet_lite0", 32, 0.9, 0, 0.1, 3e-3, "none"), ctx, 2,
+                       TrainLog())
+    cached = trainer.features(ctx.data.validation, at_cut=True)
+    from automl.trial.run import extract_features
+
+    direct = extract_features(trainer.model().feature_model(at_cut=True), ctx.data.validation,
+                              32, run.batch_size)
+    np.testing.assert_allclose(cached, direct, atol=1e-5)
