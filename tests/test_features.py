@@ -134,10 +134,14 @@ def test_memory_lru_evicts_least_recently_used_past_max_bytes() -> None:
 def test_every_field_changes_the_digest() -> None:
     changes = {"data": "fp-other", "split": "test", "backbone": "vgg16",
                "weights": "0123456789abcdef", "image_size": 96, "cut": "block6a_add",
-               "augmentation": "light", "view": 1}
+               "augmentation": "light", "view": 1, "seed": 3}
     assert set(changes) == {f.name for f in dataclasses.fields(FeatureKey)}
-    digests = {KEY.digest()} | {_key(**{k: v}).digest() for k, v in changes.items()}
+    # (the views' seed names the views' draws: it changes the key of an augmented view only)
+    digests = {KEY.digest()} | {_key(**{k: v}, **({"augmentation": "light"} if k == "seed"
+                                                   else {})).digest()
+                                for k, v in changes.items()}
     assert len(digests) == 1 + len(changes)
+    assert _key(seed=3).digest() == KEY.digest()  # no views: the seed plays no part
     assert _key().digest() == KEY.digest()  # equal keys, equal digests
     assert len(KEY.digest()) == 24 and int(KEY.digest(), 16) >= 0
     # keys without a view keep the digest they had before views existed (caches stay valid)

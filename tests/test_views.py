@@ -106,3 +106,34 @@ def test_one_pass_caches_the_cuts_a_later_fine_tuning_trial_needs(tiny_npz: Path
     direct = extract_features(trainer.model().feature_model(at_cut=True), ctx.data.validation,
                               32, run.batch_size)
     np.testing.assert_allclose(cached, direct, atol=1e-5)
+
+
+def test_a_head_alone_trains_exactly_as_inside_the_whole_model(ctx: SearchContext) -> None:
+    """The same frozen-backbone trial, once building the whole model (cold cache: it extracts)
+    and once building the head alone (warm cache): same initial weights, same training."""
+    config = TrialConfig("efficientnet_lite1", 32, 1.0, 32, 0.2, 3e-3, "none")
+    cold = run_trial(config, ctx, 5)
+    warm = run_trial(config, ctx, 5)
+    assert (cold.weights_kind, warm.weights_kind) == ("model", "head")
+    assert [r["val_loss"] for r in warm.history] == pytest.approx(
+        [r["val_loss"] for r in cold.history], abs=1e-6)
+    assert warm.test_accuracy == cold.test_accuracy and warm.params == cold.params
+
+
+def test_an_augmented_search_exports_its_flip_trial(tiny_npz: Path, tmp_path: Path) -> None:
+    """End to end with cached views: search (trial worker) -> leaderboard -> export (reload
+    check against the recorded test accuracy) for trials trained on flip views."""
+    from helpers import csv_rows, run_cli
+
+    space = tmp_path / "space.yaml"
+    space.write_text("backbone: efficientnet_lite0\nimage_size: 32\nfreeze_depth: 1.0\n"
+                     "head_width: {choices: [0, 32]}\ndropout: 0.1\nlearning_rate: 3.0e-3\n"
+                     "augmentation: flip\n")
+    results = tmp_path / "results"
+    run_cli("search", "--space", space, "--data", tiny_npz, "--trials", "2", "--epochs", "2",
+            "--results", results)
+    rows = csv_rows(results / "default" / "leaderboard.csv")
+    assert [r["augmentation"] for r in rows] == ["flip", "flip"]
+    assert {r["state"] for r in rows} == {"COMPLETE"}
+    printed = run_cli("export", "--results", results, "--out", tmp_path / "m").out
+    assert "reload check passed" in printed

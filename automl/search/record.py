@@ -50,7 +50,9 @@ from automl.errors import ConfigError, DataError, TrialFailed, WeightsError
 from automl.search import optuna_private
 from automl.trial.result import TrialResult, WarmStart, head_path
 
-SCHEMA_VERSION = 1
+#: 2: ``weights`` may name a head's weights file (``result["weights_kind"] == "head"``: the
+#: backbone is the pretrained one); 1: it always named the whole model's weights
+SCHEMA_VERSION = 2
 SCHEMA_KEY = "schema"
 LEGACY_SCHEMA = 1  # records written before the schema key existed
 #: what a retried trial takes over from the one it replaces (its schedule and configuration)

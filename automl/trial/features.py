@@ -35,11 +35,12 @@ class FeatureKey:
     cut: str       # layer name after which activations are taken, or "pooled"
     augmentation: str = "none"  # the policy of an augmented view of the training images
     view: int = 0               # which view of that policy (each has its own random draw)
+    seed: int = 0               # the run seed the views were drawn with
 
     def digest(self) -> str:
         fields = asdict(self)
         if self.augmentation == "none" and self.view == 0:  # as before augmented views
-            del fields["augmentation"], fields["view"]
+            del fields["augmentation"], fields["view"], fields["seed"]
         text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 

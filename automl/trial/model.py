@@ -155,15 +155,24 @@ class TransferModel:
         x = self.inference.get_layer("avg_pool")(self.top(inp))
         return keras.Model(inp, self.head(x), name="top_and_head")
 
-    def train_model(self) -> keras.Model:
-        """Image -> probabilities with the augmentation layers in front (live training)."""
-        if not self.augment:
+    def train_model(self, phase: int = 1) -> keras.Model:
+        """Image -> probabilities with the augmentation layers in front (live training).
+
+        The frozen part runs in inference mode: the bottom always, the top in phase 1 (in
+        phase 2 it trains, dropout included; its BatchNormalization stays in inference mode).
+        """
+        if not self.augment and (phase == 2 or self.top is None):
             return self.inference
         image = keras.Input(self.inference.inputs[0].shape[1:], name="image")
         x = image
         for layer in self.augment:
             x = layer(x)
-        return keras.Model(image, self.inference(x), name="train")
+        x = self.inference.get_layer("preprocess")(x)
+        x = self.bottom(x, training=False)
+        if self.top is not None:
+            x = self.top(x) if phase == 2 else self.top(x, training=False)
+        x = self.inference.get_layer("avg_pool")(x)
+        return keras.Model(image, self.head(x), name="train")
 
     def architecture(self) -> Architecture:
         """What a head-only trial needs of this backbone: its cuts, width and size."""

@@ -111,8 +111,19 @@ def run_trial(config: TrialConfig, ctx: SearchContext, number: int,
                        weights_kind=kind, backbone_weights=trainer.source.weights,
                        backbone_identity=trainer.source.identity,
                        kind=trial_kind(trainer.cached, trainer.extracted, trainer.views > 0,
-                                       log.best_phase == 2 or any(
-                                           row.get("phase") == 2 for row in log.epochs)))
+                                       any(row.get("phase") == 2 for row in log.epochs)))
+
+
+def view_count(config: TrialConfig, run: RunConfig) -> int:
+    """Cached views per training image for the trial's augmentation (0: none, or live)."""
+    if config.augmentation == "none" or run.augment_views <= 0:
+        return 0
+    return 2 if config.augmentation == "flip" else run.augment_views  # flip: exact with 2
+
+
+def trains_on_cache(config: TrialConfig, run: RunConfig) -> bool:
+    """Whether a trial trains on cached activations (or cached views), not on live images."""
+    return run.feature_cache and (config.augmentation == "none" or view_count(config, run) > 0)
 
 
 def trial_kind(cached: bool, extracted: set[str], views: bool, fine_tuned: bool) -> str:
@@ -152,8 +163,8 @@ class _Trainer:
         self.spec = get_spec(config.backbone)
         self.source = ctx.resolver.resolve(self.spec, config.image_size)
         self.binary = len(ctx.data.class_names) == 2
-        self.views = self._view_count()
-        self.cached = self.run.feature_cache and (config.augmentation == "none" or self.views > 0)
+        self.views = view_count(config, self.run)
+        self.cached = trains_on_cache(config, self.run)
         self._tm: TransferModel | None = None
         self._head: Any = None
         self.extracted: set[str] = set()  # what this trial had to extract: pooled, cut, views
@@ -214,8 +225,8 @@ class _Trainer:
     def head(self) -> Any:
         """The head: the whole model's, or built alone on the pooled activations' width."""
         if self._head is None:
-            if not self.cached or self.fine_tunes():
-                return self.model().head
+            if not self.cached or self.fine_tunes() or self._tm is not None:
+                return self.model().head  # (fine_tunes() may have built the model just now)
             import keras
 
             from automl.trial.model import build_head
@@ -239,9 +250,15 @@ class _Trainer:
         if self.built or number == 2 or not self.cached:
             self.model().set_phase(number)
         data = self.ctx.data
+        import keras
+
+        # the batch order (tf.data's seeded shuffle) depends on the global seed too: the same
+        # whether or not building the model (which reseeds) happened in this trial
+        keras.utils.set_random_seed(run.seed + self.number)
         if self.cached:  # activations first: a cache miss builds the model (and its head)
             at_cut = number == 2
             train_x, views = self.train_features(at_cut)
+            keras.utils.set_random_seed(run.seed + self.number)  # extraction may have built
             train = ArrayFeed(train_x, data.train.labels, run.batch_size, shuffle=True,
                               seed=run.seed, views=views)
             val = ArrayFeed(self.features(data.validation, at_cut), data.validation.labels,
@@ -249,7 +266,7 @@ class _Trainer:
             model = self.model().top_model() if at_cut else self.head()
         else:
             tm = self.model()
-            model = tm.train_model()
+            model = tm.train_model(number)
             size = self.config.image_size
             train = pipeline.dataset(data.train, size, run.batch_size, shuffle=True,
                                      seed=run.seed)
@@ -258,17 +275,13 @@ class _Trainer:
 
     # -- cached activations ----------------------------------------------------------------
 
-    def _view_count(self) -> int:
-        """Cached views per training image for this trial's augmentation (0: live)."""
-        policy = self.config.augmentation
-        if policy == "none" or self.run.augment_views <= 0:
-            return 0
-        return 2 if policy == "flip" else self.run.augment_views  # flip: exact with 2
-
-    def _key(self, split: Split, at_cut: bool, policy: str = "none", view: int = 0) -> FeatureKey:
+    def _key(self, split: Split, at_cut: bool, policy: str = "none", view: int = 0,
+             layer: str | None = None) -> FeatureKey:
+        """The cache key of activations at this trial's cut (or at ``layer``), or pooled."""
+        cut = (layer or self.cut()[0] or "input") if at_cut else "pooled"
         return FeatureKey(self.ctx.data.fingerprint, split.name, self.spec.name,
-                          self.source.identity, self.config.image_size,
-                          (self.cut()[0] or "input") if at_cut else "pooled", policy, view)
+                          self.source.identity, self.config.image_size, cut, policy, view,
+                          self.run.seed if policy != "none" else 0)
 
     def features(self, split: Split, at_cut: bool) -> np.ndarray:
         """Frozen activations of ``split`` (pooled backbone output, or at the cut)."""
@@ -319,11 +332,8 @@ class _Trainer:
             wanted = tm.cut.layer if at_cut else "pooled"
             for name, array in named.items():
                 if name != wanted:
-                    key = FeatureKey(self.ctx.data.fingerprint, split.name, self.spec.name,
-                                     self.source.identity, self.config.image_size,
-                                     name or "input" if name != "pooled" else "pooled", policy,
-                                     view or 0)
-                    self.ctx.cache.put(key, array)
+                    self.ctx.cache.put(self._key(split, name != "pooled", policy, view or 0,
+                                                 layer=name or "input"), array)
             return named[wanted]
         return compute
 

@@ -30,7 +30,7 @@ from automl.trial.messages import (
     WorkerSetup,
 )
 from automl.trial.quiet import quiet_tensorflow
-from automl.trial.run import SearchContext, run_trial
+from automl.trial.run import SearchContext, run_trial, trains_on_cache
 from automl.trial.trainlog import TrainLog
 
 
@@ -83,8 +83,7 @@ def _run_one(conn: Any, ctx: SearchContext, msg: RunTrial) -> Done | Stopped | F
         text = str(exc).splitlines()[0][:300] if str(exc) else ""
         failure = ("TrialFailed", f"{type(exc).__name__}: {text}" if text
                    else type(exc).__name__, traceback.format_exc())
-    cached = msg.run.feature_cache and msg.config.augmentation == "none"
-    _release(ctx, cached)
+    _release(ctx, trains_on_cache(msg.config, msg.run))
     end = TrialEnd(list(train_log.epochs), train_log.best_phase, train_log.seconds,
                    _memory(ctx), train_log.heavy)
     if result is not None:
