@@ -87,6 +87,8 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     def record_heartbeat(self, trial_id: int) -> None:
         self.set_trial_system_attr(trial_id, _BEAT_ATTR, time.time())
 
+    # Optuna's heartbeat protocol: BaseHeartbeat declares this (private) hook, and Optuna's own
+    # fail_stale_trials calls it; a storage that keeps heartbeats must implement it.
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         if self._heartbeat is None:
             return []

@@ -74,6 +74,11 @@ class _Attributes:
     _SKIP: ClassVar[tuple[str, ...]] = (SCHEMA_KEY, "extra")
 
     @classmethod
+    def of(cls: type[_R], owner: Any) -> _R:
+        """The record of an ``optuna.Trial``/``FrozenTrial`` or an ``optuna.Study``."""
+        return cls.from_attrs(owner.user_attrs)
+
+    @classmethod
     def keys(cls) -> tuple[str, ...]:
         """The attribute keys this record knows (``schema`` included)."""
         return tuple(f.name for f in dataclasses.fields(cls) if f.name != "extra")  # type: ignore[arg-type]
@@ -131,10 +136,6 @@ class TrialRecord(_Attributes):
     kt_continues: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def of(cls, trial: Any) -> TrialRecord:
-        """The record of an ``optuna.Trial`` or ``FrozenTrial``."""
-        return cls.from_attrs(trial.user_attrs)
 
 
 @dataclass(frozen=True)
@@ -148,10 +149,6 @@ class StudyRecord(_Attributes):
     artifacts: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def of(cls, study: Any) -> StudyRecord:
-        """The record of an ``optuna.Study``."""
-        return cls.from_attrs(study.user_attrs)
 
 
 # ---------------------------------------------------------------------------------- writing

@@ -17,18 +17,8 @@ from typing import Any
 from automl.backbones.weights import WeightsResolver
 from automl.data.splits import image_cache_dir
 from automl.errors import AutoMLError
+from automl.trial import messages
 from automl.trial.features import FeatureCache
-from automl.trial.messages import (
-    Done,
-    Epoch,
-    Failed,
-    Memory,
-    Ready,
-    RunTrial,
-    Stopped,
-    TrialEnd,
-    WorkerSetup,
-)
 from automl.trial.quiet import quiet_tensorflow
 from automl.trial.run import SearchContext, run_trial, trains_on_cache
 from automl.trial.trainlog import TrainLog
@@ -38,7 +28,7 @@ class _Stop(Exception):  # noqa: N818 - a signal, not an error
     """The search process said to stop this trial (pruned)."""
 
 
-def serve(conn: Any, setup: WorkerSetup) -> None:
+def serve(conn: Any, setup: messages.WorkerSetup) -> None:
     """The worker process: build the context once, then run trials until told to close."""
     _die_with_parent(setup.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the search process's to handle
@@ -51,23 +41,24 @@ def serve(conn: Any, setup: WorkerSetup) -> None:
     ctx = SearchContext(setup.data, run, WeightsResolver(run.weights, run.weights_dir,
                                                          seed=run.seed),
                         FeatureCache(setup.cache_dir, setup.cache_bytes), setup.trials_dir)
-    conn.send(Ready(os.getpid()))
+    conn.send(messages.Ready(os.getpid()))
     while True:
         try:
             msg = conn.recv()
         except (EOFError, OSError):
             return
-        if not isinstance(msg, RunTrial):  # Close
+        if not isinstance(msg, messages.RunTrial):  # Close
             return
         conn.send(_run_one(conn, ctx, msg))
 
 
-def _run_one(conn: Any, ctx: SearchContext, msg: RunTrial) -> Done | Stopped | Failed:
+def _run_one(conn: Any, ctx: SearchContext, msg: messages.RunTrial,
+             ) -> messages.Done | messages.Stopped | messages.Failed:
     """Run one trial, asking after every epoch whether to go on; its outcome as a message."""
     train_log = TrainLog()
 
     def reporter(epoch: int, row: dict[str, float]) -> None:
-        conn.send(Epoch(epoch, row, list(train_log.epochs)))
+        conn.send(messages.Epoch(epoch, row, list(train_log.epochs)))
         if not conn.recv().go:
             raise _Stop
 
@@ -84,13 +75,13 @@ def _run_one(conn: Any, ctx: SearchContext, msg: RunTrial) -> Done | Stopped | F
         failure = ("TrialFailed", f"{type(exc).__name__}: {text}" if text
                    else type(exc).__name__, traceback.format_exc())
     _release(ctx, trains_on_cache(msg.config, msg.run))
-    end = TrialEnd(list(train_log.epochs), train_log.best_phase, train_log.seconds,
+    end = messages.TrialEnd(list(train_log.epochs), train_log.best_phase, train_log.seconds,
                    _memory(ctx), train_log.heavy)
     if result is not None:
-        return Done(result, end)
+        return messages.Done(result, end)
     if failure is not None:
-        return Failed(failure[0], failure[1], end, failure[2])
-    return Stopped(end)
+        return messages.Failed(failure[0], failure[1], end, failure[2])
+    return messages.Stopped(end)
 
 
 def _release(ctx: Any, cached: bool) -> None:
@@ -107,7 +98,7 @@ def _release(ctx: Any, cached: bool) -> None:
     reset_keras(ctx.run.seed)
 
 
-def _memory(ctx: Any) -> Memory:
+def _memory(ctx: Any) -> messages.Memory:
     """This process's resident memory and what its bounded caches hold."""
     try:
         with open("/proc/self/statm") as f:
@@ -119,7 +110,7 @@ def _memory(ctx: Any) -> Memory:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         rss = peak if sys.platform == "darwin" else peak * 1024
     cached = ctx.cache.memory_bytes + ctx.data.cached_bytes()
-    return Memory(rss / 2**20, cached / 2**20)
+    return messages.Memory(rss / 2**20, cached / 2**20)
 
 
 def _die_with_parent(parent_pid: int) -> None:
