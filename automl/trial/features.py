@@ -72,12 +72,6 @@ class FeatureCache:
     def memory_bytes(self) -> int:
         return sum(a.nbytes for a in self._memory.values())
 
-    def has(self, key: FeatureKey) -> bool:
-        """Whether ``key`` is cached in memory or on disk (nothing is loaded)."""
-        digest = key.digest()
-        path = self._path(digest)
-        return digest in self._memory or (path is not None and path.is_file())
-
     def architecture(self, backbone: str, image_size: int) -> Architecture | None:
         """The recorded architecture of ``backbone`` at ``image_size``, if any."""
         name = f"{backbone}@{image_size}"

@@ -252,13 +252,14 @@ class _Trainer:
         data = self.ctx.data
         import keras
 
-        # the batch order (tf.data's seeded shuffle) depends on the global seed too: the same
-        # whether or not building the model (which reseeds) happened in this trial
-        keras.utils.set_random_seed(run.seed + self.number)
+        # the batch order (tf.data's seeded shuffle) depends on the global seed too: set right
+        # before the feeds are made, whether or not building the model (which reseeds) happened
+        if not self.cached:
+            keras.utils.set_random_seed(run.seed + self.number)
         if self.cached:  # activations first: a cache miss builds the model (and its head)
             at_cut = number == 2
             train_x, views = self.train_features(at_cut)
-            keras.utils.set_random_seed(run.seed + self.number)  # extraction may have built
+            keras.utils.set_random_seed(run.seed + self.number)  # after any extraction
             train = ArrayFeed(train_x, data.train.labels, run.batch_size, shuffle=True,
                               seed=run.seed, views=views)
             val = ArrayFeed(self.features(data.validation, at_cut), data.validation.labels,
