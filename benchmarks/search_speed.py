@@ -62,6 +62,8 @@ SEED_RECIPE = {"head_width": 256, "dropout": 0.5, "learning_rate": 2e-5, "epochs
 FALLBACK_CONFIG = {"backbone": "efficientnet_lite0", "image_size": 96, "freeze_depth": 1.0,
                    "head_width": 128, "dropout": 0.2, "learning_rate": 1e-3,
                    "augmentation": "none"}
+#: timed repetitions of a forward pass and a fine-tuning epoch (the medians are reported)
+REPEATS = 3
 #: the order of trial kinds in the report (automl.trial.run.trial_kind), then any other
 KINDS = ["extraction", "view extraction", "fine-tuning", "augmented head", "head", "live",
          "pruned/failed"]
@@ -569,25 +571,29 @@ def contender_finetune(args: argparse.Namespace) -> dict[str, Any]:
                for i in range(0, len(acts), args.batch_size)]
     forward(batches[0]).numpy()  # warm-up: trace (the last, shorter batch too)
     forward(batches[-1]).numpy()
-    start = time.monotonic()
-    for batch in batches:
-        forward(batch).numpy()
-    forward_s = time.monotonic() - start
     tm.set_phase(2)
     lr = config.learning_rate * run.fine_tune_lr_factor
     engine = _Engine(top, lr, binary=tm.binary)
     feed = ArrayFeed(acts, np.asarray(data.train.labels), args.batch_size, shuffle=True,
                      seed=args.seed)
     engine.train_epoch(feed, 0)  # warm-up epoch: traces the compiled epoch
-    start = time.monotonic()
-    engine.train_epoch(feed, 1)
-    epoch_s = time.monotonic() - start
+    forwards, epochs = [], []
+    for rep in range(REPEATS):  # interleaved, so a slow spell of the machine hits both
+        start = time.monotonic()
+        for batch in batches:
+            forward(batch).numpy()
+        forwards.append(time.monotonic() - start)
+        start = time.monotonic()
+        engine.train_epoch(feed, rep + 1)
+        epochs.append(time.monotonic() - start)
+    forward_s, epoch_s = statistics.median(forwards), statistics.median(epochs)
     trainable = int(sum(np.prod(v.shape) for v in top.trainable_variables))
     print(f"  cut {tm.cut.layer} (depth {tm.cut.depth:.2f}), activations {acts.shape}: forward "
           f"{forward_s:.2f} s, fine-tuning epoch {epoch_s:.2f} s", flush=True)
     return {"config": config.as_dict(), "source": base["source"], "from_best": tuned_base,
             "cut": tm.cut.layer, "depth": tm.cut.depth, "shape": list(acts.shape),
             "extract": extract_s, "forward": forward_s, "epoch": epoch_s,
+            "forwards": forwards, "epochs": epochs,
             "trainable": trainable, "batch_size": args.batch_size, "peak_rss": peak_rss_mb()}
 
 
@@ -860,7 +866,13 @@ def report_finetune(f: dict[str, Any]) -> list[str]:
             f"(_Engine.train_epoch as fit_phase runs it, batches of {f['batch_size']}, "
             f"{f['trainable'] / 1e6:.2f} M trainable weights, after a warm-up epoch): "
             f"{f['epoch']:.2f} s -> the epoch costs {_ratio(f['epoch'], f['forward'])} the "
-            f"forward pass"]
+            f"forward pass",
+            f"  (medians of {len(f.get('epochs', [0]))} interleaved repetitions; forward "
+            f"{_seconds(f.get('forwards'))}, epoch {_seconds(f.get('epochs'))})"]
+
+
+def _seconds(values: list[float] | None) -> str:
+    return "/".join(f"{v:.2f}" for v in values or []) + " s"
 
 
 def report_ablation(r: dict[str, Any]) -> list[str]:

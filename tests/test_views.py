@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from automl.data import pipeline
 from automl.data.load import load_data
 from automl.trial.features import FeatureCache
 from automl.trial.run import SearchContext, _Trainer, run_trial
-from automl.trial.train import ArrayFeed
+from automl.trial.train import ArrayFeed, DrawnViews
 from automl.trial.trainlog import TrainLog
 
 RUN = RunConfig(epochs=2, fine_tune_epochs=1, batch_size=32, seed=0, augment_views=3)
@@ -36,6 +37,57 @@ def test_views_are_drawn_without_replacement_per_input() -> None:
         for i in range(n):
             assert sorted(view[image == i]) == list(range(k))  # each view of i exactly once
     assert not np.array_equal(feed.epoch_rows(0) % n, feed.epoch_rows(1) % n)  # reshuffled
+
+
+def test_drawn_views_are_made_when_an_epoch_first_reads_them() -> None:
+    """Independent draws: epoch e reads view e % K for every input, and a view is made only
+    when an epoch first needs it (a trial pruned after two epochs made two views)."""
+    n, k = 40, 3
+    made: list[int] = []
+
+    def maker(v: int):  # view v: every input's features are v (so the rows read show the view)
+        def make() -> np.ndarray:
+            made.append(v)
+            return np.full((n, 2), float(v), np.float32)
+        return make
+
+    views = DrawnViews([maker(v) for v in range(k)])
+    feed = ArrayFeed(views, np.zeros(n, np.int64), 8, shuffle=True, seed=1)
+    assert feed.n == n and made == []
+    for epoch in range(2):
+        x, which = feed.epoch_inputs(epoch)
+        assert which == epoch and set(x[feed.epoch_rows(epoch), 0]) == {float(epoch)}
+    assert made == [0, 1]  # view 2 not made: no epoch read it yet
+    assert feed.epoch_inputs(4)[1] == 1 and made == [0, 1]  # made once, read again
+    assert sorted(set(feed.epoch_rows(0))) == list(range(n))  # every input once per epoch
+    assert not np.array_equal(feed.epoch_rows(0), feed.epoch_rows(1))  # reshuffled
+
+
+def test_a_view_made_mid_phase_keeps_the_trained_head(tiny_npz: Path, tmp_path: Path) -> None:
+    """Pooled activations cached, light views not: the head is built alone, and the first
+    epoch's view makes the trial build the backbone around that same head mid-phase. The kept
+    weights must be the trained ones: the rebuilt model reproduces the recorded test accuracy,
+    and training matches a run where every view was already cached."""
+    from automl.report.export import build_trained
+    from automl.trial.run import scores
+
+    ctx = SearchContext(load_data(tiny_npz), RUN, WeightsResolver(),
+                        FeatureCache(tmp_path / "features", 1 << 29), tmp_path / "trials")
+    run_trial(TrialConfig("efficientnet_lite0", 32, 1.0, 0, 0.1, 3e-3, "none"), ctx, 0)
+    config = TrialConfig("efficientnet_lite0", 32, 1.0, 32, 0.1, 3e-3, "light")
+    cold = run_trial(config, ctx, 1)
+    assert cold.kind == "view extraction" and cold.weights_kind == "model"
+    warm = run_trial(config, ctx, 1)  # every view it reads is cached now: head alone
+    assert warm.weights_kind == "head"
+    assert [r["val_loss"] for r in warm.history] == pytest.approx(
+        [r["val_loss"] for r in cold.history], abs=1e-6)
+    import pandas as pd
+
+    row = pd.Series(config.as_dict())
+    tm = build_trained(row, ctx.data.class_names, Path(cold.weights_file), dataclasses.asdict(cold))
+    images = pipeline.images(ctx.data.test, 32).batch(64)
+    probs = tm.inference.predict(images, verbose=0)
+    assert scores(probs, ctx.data.test.labels)[1] == pytest.approx(cold.test_accuracy)
 
 
 def test_flip_plus_frozen_part_equals_one_of_two_cached_views(ctx: SearchContext) -> None:

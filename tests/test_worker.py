@@ -53,6 +53,30 @@ def test_a_trial_in_the_worker_equals_the_same_trial_in_process(tiny_npz: Path, 
     assert worker.memory is not None and worker.memory.rss_mb > worker.memory.cache_mb > 0
 
 
+def test_a_worker_started_early_runs_trials_once_configured(tiny_npz: Path,
+                                                            tmp_path: Path) -> None:
+    """The search starts its worker before loading the data (TensorFlow's import overlaps it);
+    the context follows, and the same process runs the trials. One stopped before it had a
+    context ends at once."""
+    import time
+
+    unused = TrialWorker.start_early()
+    proc = unused._proc
+    start = time.monotonic()
+    unused.stop()  # the search failed before its first trial: Close ends the waiting worker
+    assert not proc.is_alive() and proc.exitcode == 0 and time.monotonic() - start < 30
+
+    early = TrialWorker.start_early()
+    try:
+        pid = early._proc.pid
+        early.configure(_ctx(tiny_npz, tmp_path))
+        result = early.run(CONFIG, RUN, 1, None, TrainLog(), None)
+        assert early.last_pid == pid  # (then replaced: the trial extracted, a heavy one)
+        assert result.val_accuracy > 0.2  # 10 classes: chance is 0.1
+    finally:
+        early.stop()
+
+
 @pytest.mark.slow
 def test_pruning_stops_the_trial_and_the_same_worker_runs_the_next(worker: TrialWorker) -> None:
     seen: list[int] = []

@@ -72,8 +72,8 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
     progress = progress if progress is not None else LineProgress(echo)
     validate(req)
     setup = prepare(req, progress.note)
-    _announce(setup, progress)
     try:
+        _announce(setup, progress)
         _driver(req.driver).search(setup, _on_trial_end(setup, progress), progress)
     finally:
         setup.ctx.runner.stop()  # idle after the last trial (Ctrl-C has killed it already)
@@ -86,6 +86,20 @@ def prepare(req: SearchRequest, note: Callable[[str], None] = print) -> SearchSe
     """Everything a driver starts from: the space (backbones with weights here), the data, the
     study (created, or checked to hold this data and driver; trials a stopped process left
     running closed, said through ``note``) and the runner of trials. Nothing is trained."""
+    early = None
+    if not req.in_process:  # TensorFlow's import in the trial worker overlaps what follows
+        from automl.search.worker import TrialWorker
+
+        early = TrialWorker.start_early()
+    try:
+        return _prepare(req, note, early)
+    except BaseException:
+        if early is not None:
+            early.stop(kill=True)
+        raise
+
+
+def _prepare(req: SearchRequest, note: Callable[[str], None], early: Any) -> SearchSetup:
     from automl.backbones.weights import WeightsResolver
     from automl.data.load import load_data
     from automl.search.drivers.optuna_driver import recover_stale
@@ -108,7 +122,7 @@ def prepare(req: SearchRequest, note: Callable[[str], None] = print) -> SearchSe
     folder = study_dir(req.results, req.study)
     # activations at the cuts the space can fine-tune from are cached in the same pass
     run = dataclasses.replace(req.run, cut_depths=space.cut_depths())
-    ctx = DriverContext(run, artifacts, _runner(req, run, data, resolver, artifacts, folder))
+    ctx = DriverContext(run, artifacts, _runner(req, run, data, resolver, artifacts, folder, early))
     return SearchSetup(req, space, data, study, created, folder, artifacts, ctx)
 
 
@@ -127,8 +141,9 @@ def _open_study(req: SearchRequest, data: Any) -> tuple[Any, bool]:
 
 
 def _runner(req: SearchRequest, run: RunConfig, data: Any, resolver: Any, artifacts: Path,
-            folder: Path) -> Any:
-    """Who runs the trials: a recycled worker process, or (``--in-process``) this process."""
+            folder: Path, early: Any = None) -> Any:
+    """Who runs the trials: a recycled worker process (``early``: one started already), or
+    (``--in-process``) this process."""
     from automl.trial.features import FeatureCache
     from automl.trial.run import InProcessRunner, SearchContext
 
@@ -137,6 +152,8 @@ def _runner(req: SearchRequest, run: RunConfig, data: Any, resolver: Any, artifa
     trial_ctx = SearchContext(data, run, resolver, cache, artifacts)
     if req.in_process:
         return InProcessRunner(trial_ctx)
+    if early is not None:
+        return early.configure(trial_ctx)
     from automl.search.worker import TrialWorker
 
     return TrialWorker.for_context(trial_ctx)

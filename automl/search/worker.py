@@ -22,7 +22,6 @@ import contextlib
 import importlib
 import logging
 import multiprocessing
-import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -59,7 +58,7 @@ _ERRORS: dict[str, type[Exception]] = {cls.__name__: cls for cls in TRIAL_ERRORS
 class TrialWorker:
     """Runs trials one at a time in a child process, replacing it when its memory has grown."""
 
-    def __init__(self, setup: WorkerSetup, max_growth_mb: float = MAX_GROWTH_MB) -> None:
+    def __init__(self, setup: WorkerSetup | None, max_growth_mb: float = MAX_GROWTH_MB) -> None:
         self._setup = setup
         self.max_growth_mb = max_growth_mb
         self._proc: Any = None
@@ -74,11 +73,25 @@ class TrialWorker:
     @classmethod
     def for_context(cls, ctx: Any, max_growth_mb: float = MAX_GROWTH_MB) -> TrialWorker:
         """A worker that runs trials as ``run_trial`` would with ``ctx``."""
-        cache = ctx.cache
-        setup = WorkerSetup(ctx.data, ctx.run, Path(ctx.trials_dir), cache.directory,
-                       cache.max_bytes, logging.getLogger("automl").getEffectiveLevel(),
-                       os.getpid(), image_cache_dir() if _has_files(ctx.data) else None)
-        return cls(setup, max_growth_mb)
+        return cls(setup_for(ctx), max_growth_mb)
+
+    @classmethod
+    def start_early(cls, max_growth_mb: float = MAX_GROWTH_MB) -> TrialWorker:
+        """A worker process started before its context exists (:meth:`configure` gives it):
+        it imports TensorFlow, seconds, while the search loads the data and opens the study."""
+        worker = cls(None, max_growth_mb)
+        worker._spawn()
+        return worker
+
+    def configure(self, ctx: Any) -> TrialWorker:
+        """Run trials as ``run_trial`` would with ``ctx`` (sent to a worker started early)."""
+        self._setup = setup_for(ctx)
+        if self._conn is not None:
+            try:
+                self._conn.send(self._setup)
+            except OSError:  # it died: the first trial starts another one
+                self.stop(kill=True)
+        return self
 
     @property
     def pid(self) -> int | None:
@@ -163,13 +176,18 @@ class TrialWorker:
         self.stop()
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
-        proc = context.Process(target=_child_main, args=(child, self._setup), daemon=True,
+        proc = context.Process(target=_child_main, args=(child,), daemon=True,
                                name="automl-trial-worker")
         with _sigint_ignored():  # inherited: Ctrl-C during its start prints no traceback there
             proc.start()
         child.close()
         self._proc, self._conn, self._ready = proc, parent, False
         self.started += 1
+        if self._setup is not None:  # read once TensorFlow is imported (else: configure())
+            try:
+                parent.send(self._setup)
+            except OSError:
+                pass  # it died at once: the first trial finds out and says why
 
     def _send(self, msg: RunTrial | Decision, number: int) -> None:
         try:
@@ -255,6 +273,14 @@ def _death(code: int | None, number: int | None) -> str:
 WORKER_MODULE = "automl.trial.serve"
 
 
-def _child_main(conn: Any, setup: WorkerSetup) -> None:
+def setup_for(ctx: Any) -> WorkerSetup:
+    """What a worker needs to run trials as ``run_trial`` would with ``ctx``."""
+    cache = ctx.cache
+    return WorkerSetup(ctx.data, ctx.run, Path(ctx.trials_dir), cache.directory, cache.max_bytes,
+                       logging.getLogger("automl").getEffectiveLevel(),
+                       image_cache_dir() if _has_files(ctx.data) else None)
+
+
+def _child_main(conn: Any) -> None:
     """Runs in the new worker process: import the TensorFlow side and serve trials."""
-    importlib.import_module(WORKER_MODULE).serve(conn, setup)
+    importlib.import_module(WORKER_MODULE).serve(conn)

@@ -9,7 +9,9 @@ types instead of tuple positions. The conversation for one trial::
     Decision(go=True)      ──►                                    (False: pruned, stop now)
                            ◄──     Done(result, end) | Stopped(end) | Failed(kind, ..., end)
 
-``Ready`` opens a worker's life and ``Close`` ends it.
+A worker's life opens with ``WorkerSetup`` (the search's context, sent once the worker runs:
+it imports TensorFlow before reading it, so a worker started as the search starts imports it
+while the search loads the data) and ``Ready``; ``Close`` ends it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ class WorkerSetup:
     cache_dir: Path | None
     cache_bytes: int
     log_level: int
-    parent_pid: int
     image_cache_dir: str | None  # made by the search process for folder data only
 
 

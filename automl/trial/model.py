@@ -7,7 +7,6 @@ full ``inference`` model, the cached-feature models and export.
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 from dataclasses import dataclass
@@ -25,8 +24,7 @@ from automl.trial.layers import Preprocess, augmentation_layers
 def reset_keras(seed: int) -> None:
     """The one place that resets Keras state between trials: clear the session, collect, give
     freed memory back to the system, seed."""
-    keras.backend.clear_session(free_memory=True)
-    gc.collect()
+    keras.backend.clear_session(free_memory=True)  # collects garbage (once is enough)
     _trim_malloc()
     keras.utils.set_random_seed(seed)
 
@@ -192,8 +190,13 @@ class TransferModel:
 
 
 def build_model(config: TrialConfig, spec: BackboneSpec, n_classes: int,
-                weights: str | os.PathLike | None, seed: int = 0) -> TransferModel:
-    """Build the transfer model of ``config`` (``weights``: None, "imagenet" or a file)."""
+                weights: str | os.PathLike | None, seed: int = 0,
+                head: keras.Model | None = None) -> TransferModel:
+    """Build the transfer model of ``config`` (``weights``: None, "imagenet" or a file).
+
+    ``head``: a head already built alone (:func:`build_head`, maybe trained) to put on top,
+    the same object, instead of a new one.
+    """
     size = config.image_size
     backbone = build_backbone(spec, (size, size, 3), weights)
     for layer in backbone.layers:
@@ -203,8 +206,9 @@ def build_model(config: TrialConfig, spec: BackboneSpec, n_classes: int,
     cut = choose_cut(cuts, config.freeze_depth)
     bottom, top = _split(backbone, cut)
     # the head's initial weights depend on the seed only, not on what loading the backbone drew
-    keras.utils.set_random_seed(seed)
-    head = build_head(config, int(backbone.output.shape[-1]), n_classes, seed)
+    if head is None:
+        keras.utils.set_random_seed(seed)
+        head = build_head(config, int(backbone.output.shape[-1]), n_classes, seed)
 
     image = keras.Input((size, size, 3), name="image")
     x = Preprocess(spec.preprocess, name="preprocess")(image)

@@ -28,13 +28,24 @@ class _Stop(Exception):  # noqa: N818 - a signal, not an error
     """The search process said to stop this trial (pruned)."""
 
 
-def serve(conn: Any, setup: messages.WorkerSetup) -> None:
-    """The worker process: build the context once, then run trials until told to close."""
-    _die_with_parent(setup.parent_pid)
+def serve(conn: Any) -> None:
+    """The worker process: import TensorFlow, read its :class:`~messages.WorkerSetup`, build the
+    context once, then run trials until told to close.
+
+    TensorFlow is imported before the setup is read, so a worker started early (as the search
+    starts) imports it while the search process loads the data and opens the study.
+    """
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the search process's to handle
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    logging.getLogger("automl").setLevel(setup.log_level)
     quiet_tensorflow()
+    try:
+        setup = conn.recv()
+    except (EOFError, OSError):  # the search ended (or failed) before it had a trial to run
+        return
+    if not isinstance(setup, messages.WorkerSetup):  # Close
+        return
+    logging.getLogger("automl").setLevel(setup.log_level)
     if setup.image_cache_dir is not None:
         image_cache_dir(setup.image_cache_dir)
     run = setup.run
@@ -113,8 +124,11 @@ def _memory(ctx: Any) -> messages.Memory:
     return messages.Memory(rss / 2**20, cached / 2**20)
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Linux: the kernel kills this worker when the search process dies (even by kill -9)."""
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the search process dies (even by kill -9).
+
+    A parent that died before this took effect closed the pipe: the worker's first read ends it.
+    """
     try:
         import ctypes
 
@@ -122,5 +136,3 @@ def _die_with_parent(parent_pid: int) -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)

@@ -36,16 +36,43 @@ _MIN_LR = 1e-7
 _MIN_DELTA = 1e-4
 
 
+class DrawnViews:
+    """K views of every input, each an independent random draw (e.g. the frozen activations of
+    one ``light`` augmentation per image), made on first use: ``makers[v]()`` gives view ``v``
+    as ``[n, ...]``."""
+
+    def __init__(self, makers: list[Callable[[], np.ndarray]]) -> None:
+        self._makers = list(makers)
+        self._made: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._makers)
+
+    def __getitem__(self, view: int) -> np.ndarray:
+        if view not in self._made:
+            self._made[view] = self._makers[view]()
+        return self._made[view]
+
+    @property
+    def made(self) -> list[int]:
+        """The views made so far."""
+        return sorted(self._made)
+
+
 @dataclass
 class ArrayFeed:
     """In-memory inputs with their labels, batched and (for training) reshuffled every epoch.
 
-    ``x`` is ``[n, ...]``, or with ``views`` ``[K, n, ...]``: K cached views of each input (e.g.
-    the frozen activations of K augmented copies of an image). Each epoch then takes one view per
-    input, drawn without replacement per input: over K epochs every view of an input is seen once.
+    ``x`` is ``[n, ...]``; or with ``views`` ``[K, n, ...]``, K cached views of each input that
+    are not exchangeable (``flip``: as it is, mirrored), mixed per input: each epoch takes one
+    view per input, drawn without replacement per input, so over K epochs every view of an input
+    is seen once; or :class:`DrawnViews`, K independent random draws per input, of which epoch
+    ``e`` reads view ``e % K`` for every input. Since the draws are independent that is the same
+    distribution (per input, K epochs see its K views once each), and a view is made only when an
+    epoch first reads it: a trial pruned after two epochs made two views, not K.
     """
 
-    x: np.ndarray
+    x: np.ndarray | DrawnViews
     y: np.ndarray
     batch_size: int
     shuffle: bool = False
@@ -62,6 +89,8 @@ class ArrayFeed:
 
     @property
     def n(self) -> int:
+        if isinstance(self.x, DrawnViews):
+            return len(self.y)
         return int(self.x.shape[1] if self.views else self.x.shape[0])
 
     def order(self, epoch: int) -> np.ndarray:
@@ -72,8 +101,15 @@ class ArrayFeed:
             self._orders.append(next(self._shuffled).numpy())
         return self._orders[epoch]
 
+    def epoch_inputs(self, epoch: int) -> tuple[np.ndarray, int]:
+        """(the array the ``epoch``-th epoch reads, its key among the feed's arrays)."""
+        if isinstance(self.x, DrawnViews):
+            view = epoch % len(self.x)
+            return self.x[view], view
+        return self.x, -1
+
     def epoch_rows(self, epoch: int) -> np.ndarray:
-        """Row indices into ``x`` (flattened over views) in the feed's ``epoch``-th epoch."""
+        """Row indices into the epoch's array (with mixed views: flattened over the views)."""
         order = self.order(epoch)
         if not self.views:
             return order.astype(np.int32)
@@ -108,7 +144,7 @@ class _Engine:
                      else keras.losses.SparseCategoricalCrossentropy())
         self.variables = model.trainable_variables
         self.optimizer.build(self.variables)
-        self._arrays: dict[int, tuple[Any, Any]] = {}
+        self._arrays: dict[tuple[int, int], tuple[Any, Any]] = {}
         self._train_rows = tf.function(self._train_rows_py, reduce_retracing=True)
         self._train_batches = tf.function(self._train_batches_py)
         self._eval = tf.function(self._eval_py, reduce_retracing=True)
@@ -167,11 +203,12 @@ class _Engine:
 
     # -- epochs --------------------------------------------------------------------------
 
-    def _constants(self, feed: ArrayFeed) -> tuple[Any, Any]:
-        """The feed's arrays as tensors, made once per feed (views flattened to rows)."""
-        key = id(feed)
+    def _constants(self, feed: ArrayFeed, epoch: int = 0) -> tuple[Any, Any]:
+        """The epoch's arrays as tensors, made once per feed and array (views flattened)."""
+        x, which = feed.epoch_inputs(epoch)
+        key = (id(feed), which)
         if key not in self._arrays:
-            x, y = feed.x, np.asarray(feed.y)
+            y = np.asarray(feed.y)
             if feed.views:  # row v * n + i is view v of input i, with input i's label
                 x, y = x.reshape((-1, *x.shape[2:])), np.tile(y, x.shape[0])
             self._arrays[key] = (tf.constant(x), tf.constant(y))
@@ -180,7 +217,7 @@ class _Engine:
     def train_epoch(self, feed: Feed, epoch: int) -> tuple[float, float]:
         """Train the feed's ``epoch``-th epoch (0 = its first); (mean loss, accuracy)."""
         if isinstance(feed, ArrayFeed):
-            x, y = self._constants(feed)
+            x, y = self._constants(feed, epoch)
             rows = feed.epoch_rows(epoch)
             total, correct = self._train_rows(x, y, tf.constant(rows),
                                               tf.constant(feed.batch_size))
