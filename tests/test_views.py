@@ -63,31 +63,70 @@ def test_drawn_views_are_made_when_an_epoch_first_reads_them() -> None:
     assert not np.array_equal(feed.epoch_rows(0), feed.epoch_rows(1))  # reshuffled
 
 
+def _cached_views(cache: FeatureCache, policy: str) -> set[int]:
+    """The views of ``policy`` whose activations are in the cache's folder."""
+    import json
+
+    keys = [json.loads(f.read_text()) for f in cache.directory.glob("*.json")
+            if not f.name.startswith("arch-")]
+    return {k["view"] for k in keys if k["augmentation"] == policy}
+
+
 def test_a_view_made_mid_phase_keeps_the_trained_head(tiny_npz: Path, tmp_path: Path) -> None:
-    """Pooled activations cached, light views not: the head is built alone, and the first
-    epoch's view makes the trial build the backbone around that same head mid-phase. The kept
-    weights must be the trained ones: the rebuilt model reproduces the recorded test accuracy,
-    and training matches a run where every view was already cached."""
+    """Pooled activations and view 0 cached, view 1 not: the head is built alone and trained for
+    an epoch, then epoch 2's view makes the trial build the backbone around that same head. The
+    trained head must go on: the same training, evaluation and kept weights as a run where every
+    view was cached (which never builds the backbone), and the rebuilt model reproduces the
+    recorded test accuracy. Views are made only when an epoch reads them."""
     from automl.report.export import build_trained
     from automl.trial.run import scores
 
-    ctx = SearchContext(load_data(tiny_npz), RUN, WeightsResolver(),
-                        FeatureCache(tmp_path / "features", 1 << 29), tmp_path / "trials")
+    cache = FeatureCache(tmp_path / "features", 1 << 29)
+    ctx = SearchContext(load_data(tiny_npz), RUN, WeightsResolver(), cache, tmp_path / "trials")
     run_trial(TrialConfig("efficientnet_lite0", 32, 1.0, 0, 0.1, 3e-3, "none"), ctx, 0)
     config = TrialConfig("efficientnet_lite0", 32, 1.0, 32, 0.1, 3e-3, "light")
-    cold = run_trial(config, ctx, 1)
+    one_epoch = dataclasses.replace(ctx, run=dataclasses.replace(RUN, epochs=1))
+    run_trial(config, one_epoch, 1)
+    assert _cached_views(cache, "light") == {0}  # K = 3, one epoch: one view made
+    cold = run_trial(config, SearchContext(ctx.data, RUN, ctx.resolver,
+                                           FeatureCache(cache.directory, 1 << 29),
+                                           ctx.trials_dir), 2)
     assert cold.kind == "view extraction" and cold.weights_kind == "model"
-    warm = run_trial(config, ctx, 1)  # every view it reads is cached now: head alone
+    assert _cached_views(cache, "light") == {0, 1}  # two epochs: view 2 never made
+    warm = run_trial(config, ctx, 2)  # every view it reads is cached now: the head alone
     assert warm.weights_kind == "head"
     assert [r["val_loss"] for r in warm.history] == pytest.approx(
         [r["val_loss"] for r in cold.history], abs=1e-6)
+    assert (warm.val_accuracy, warm.test_accuracy) == (cold.val_accuracy, cold.test_accuracy)
+    assert warm.val_loss == pytest.approx(cold.val_loss, abs=1e-6)
     import pandas as pd
 
     row = pd.Series(config.as_dict())
-    tm = build_trained(row, ctx.data.class_names, Path(cold.weights_file), dataclasses.asdict(cold))
+    tm = build_trained(row, ctx.data.class_names, Path(cold.weights_file),
+                       dataclasses.asdict(cold))
     images = pipeline.images(ctx.data.test, 32).batch(64)
     probs = tm.inference.predict(images, verbose=0)
     assert scores(probs, ctx.data.test.labels)[1] == pytest.approx(cold.test_accuracy)
+
+
+def test_each_epoch_trains_on_its_own_drawn_view() -> None:
+    """The engine reads epoch e's view (e mod K) for every input, not the first view always."""
+    import keras
+
+    from automl.trial.train import _Engine
+
+    n = 32
+    views = [np.full((n, 4), float(v + 1), np.float32) for v in range(3)]
+    feed = ArrayFeed(DrawnViews([lambda v=v: views[v] for v in range(3)]),
+                     np.zeros(n, np.int64), 8, shuffle=True, seed=0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    engine = _Engine(model, 1e-3, binary=False)
+    for epoch in range(4):
+        engine.train_epoch(feed, epoch)
+    read = {key[1]: x.numpy() for key, (x, _) in engine._arrays.items()}
+    assert sorted(read) == [0, 1, 2]
+    for view, x in read.items():
+        np.testing.assert_array_equal(x, views[view])
 
 
 def test_flip_plus_frozen_part_equals_one_of_two_cached_views(ctx: SearchContext) -> None:

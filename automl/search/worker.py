@@ -60,6 +60,7 @@ class TrialWorker:
 
     def __init__(self, setup: WorkerSetup | None, max_growth_mb: float = MAX_GROWTH_MB) -> None:
         self._setup = setup
+        self._unsent = False                  # a worker started early still needs the setup
         self.max_growth_mb = max_growth_mb
         self._proc: Any = None
         self._conn: Any = None
@@ -84,13 +85,10 @@ class TrialWorker:
         return worker
 
     def configure(self, ctx: Any) -> TrialWorker:
-        """Run trials as ``run_trial`` would with ``ctx`` (sent to a worker started early)."""
+        """Run trials as ``run_trial`` would with ``ctx``. A worker started early gets it with
+        its first trial (sending now would wait for its TensorFlow import to end)."""
         self._setup = setup_for(ctx)
-        if self._conn is not None:
-            try:
-                self._conn.send(self._setup)
-            except OSError:  # it died: the first trial starts another one
-                self.stop(kill=True)
+        self._unsent = self._proc is not None
         return self
 
     @property
@@ -134,9 +132,14 @@ class TrialWorker:
         raise _ERRORS.get(msg.kind, TrialFailed)(msg.message)
 
     def stop(self, kill: bool = False) -> None:
-        """Stop the worker process (``kill``: at once, mid-trial); the next trial starts anew."""
+        """Stop the worker process (``kill``: at once, mid-trial); the next trial starts anew.
+
+        A worker that has not said it is ready holds nothing and may still be importing
+        TensorFlow: it is killed rather than waited for.
+        """
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
+        kill = kill or not self._ready
         if proc is not None and kill:
             proc.kill()
         if conn is not None and not kill:
@@ -160,6 +163,12 @@ class TrialWorker:
         """The running worker, started now if there is none, once it has said it is ready."""
         if self._proc is None or not self._proc.is_alive():
             self._spawn()
+        if self._unsent:  # the child reads it once TensorFlow is imported
+            self._unsent = False
+            try:
+                self._conn.send(self._setup)
+            except OSError:
+                self._died(None)
         if not self._ready:
             if not self._conn.poll(_START_TIMEOUT):  # TensorFlow's import takes seconds
                 self.stop(kill=True)
@@ -176,18 +185,16 @@ class TrialWorker:
         self.stop()
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
-        proc = context.Process(target=_child_main, args=(child,), daemon=True,
+        # the setup (the data included) goes as the process's argument, read as it starts;
+        # through the pipe a send would wait until the child has imported TensorFlow
+        proc = context.Process(target=_child_main, args=(child, self._setup), daemon=True,
                                name="automl-trial-worker")
         with _sigint_ignored():  # inherited: Ctrl-C during its start prints no traceback there
             proc.start()
         child.close()
         self._proc, self._conn, self._ready = proc, parent, False
+        self._unsent = False
         self.started += 1
-        if self._setup is not None:  # read once TensorFlow is imported (else: configure())
-            try:
-                parent.send(self._setup)
-            except OSError:
-                pass  # it died at once: the first trial finds out and says why
 
     def _send(self, msg: RunTrial | Decision, number: int) -> None:
         try:
@@ -281,6 +288,7 @@ def setup_for(ctx: Any) -> WorkerSetup:
                        image_cache_dir() if _has_files(ctx.data) else None)
 
 
-def _child_main(conn: Any) -> None:
-    """Runs in the new worker process: import the TensorFlow side and serve trials."""
-    importlib.import_module(WORKER_MODULE).serve(conn)
+def _child_main(conn: Any, setup: WorkerSetup | None) -> None:
+    """Runs in the new worker process: import the TensorFlow side and serve trials (``setup``
+    None: a worker started early, which reads it from the pipe)."""
+    importlib.import_module(WORKER_MODULE).serve(conn, setup)

@@ -9,9 +9,9 @@ types instead of tuple positions. The conversation for one trial::
     Decision(go=True)      ──►                                    (False: pruned, stop now)
                            ◄──     Done(result, end) | Stopped(end) | Failed(kind, ..., end)
 
-A worker's life opens with ``WorkerSetup`` (the search's context, sent once the worker runs:
-it imports TensorFlow before reading it, so a worker started as the search starts imports it
-while the search loads the data) and ``Ready``; ``Close`` ends it.
+A worker gets its ``WorkerSetup`` (the search's context) as its process argument, or, when it
+was started early to import TensorFlow while the search loads the data, as the first message
+with its first trial; ``Ready`` opens its life and ``Close`` ends it.
 """
 
 from __future__ import annotations

@@ -28,23 +28,24 @@ class _Stop(Exception):  # noqa: N818 - a signal, not an error
     """The search process said to stop this trial (pruned)."""
 
 
-def serve(conn: Any) -> None:
-    """The worker process: import TensorFlow, read its :class:`~messages.WorkerSetup`, build the
-    context once, then run trials until told to close.
+def serve(conn: Any, setup: messages.WorkerSetup | None = None) -> None:
+    """The worker process: import TensorFlow, build the context once, then run trials until
+    told to close.
 
-    TensorFlow is imported before the setup is read, so a worker started early (as the search
-    starts) imports it while the search process loads the data and opens the study.
+    A worker started early (as the search starts, to import TensorFlow while the search loads
+    the data and opens the study) has no ``setup`` yet: it reads it from the pipe.
     """
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the search process's to handle
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     quiet_tensorflow()
-    try:
-        setup = conn.recv()
-    except (EOFError, OSError):  # the search ended (or failed) before it had a trial to run
-        return
-    if not isinstance(setup, messages.WorkerSetup):  # Close
-        return
+    if setup is None:
+        try:
+            setup = conn.recv()
+        except (EOFError, OSError):  # the search ended (or failed) before it ran a trial
+            return
+        if not isinstance(setup, messages.WorkerSetup):  # Close
+            return
     logging.getLogger("automl").setLevel(setup.log_level)
     if setup.image_cache_dir is not None:
         image_cache_dir(setup.image_cache_dir)
