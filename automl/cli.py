@@ -194,13 +194,21 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from automl.report.export import predict_files
 
     results = predict_files(Path(a.model_dir), a.images, top=a.top)
+    failed = [item for item in results if "error" in item]
     if a.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
-        return 0
-    for item in results:
-        preds = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in item["predictions"])
-        print(f"{item['file']}: {preds}")
-    return 0
+    else:
+        for item in results:
+            if "error" not in item:
+                preds = ", ".join(f"{p['label']} {p['probability']:.3f}"
+                                  for p in item["predictions"])
+                print(f"{item['file']}: {preds}")
+    for item in failed:  # the others were predicted: say which ones were not, and why
+        print(f"error: {item['error']}", file=sys.stderr)
+    if failed:
+        print(f"error: {len(failed)} of {len(results)} image(s) could not be predicted",
+              file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_backbones(a: argparse.Namespace) -> int:

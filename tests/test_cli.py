@@ -162,6 +162,29 @@ def test_predict_prints_top_labels(run: dict[str, Path], tmp_path: Path) -> None
         assert item["predictions"][0]["probability"] >= item["predictions"][1]["probability"]
 
 
+def test_predict_reports_an_unreadable_image_and_predicts_the_others(
+        run: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = run["root"] / "best_model"
+    if not out.exists():
+        run_cli("export", "--results", run["results"], "--out", out)
+    good = [tmp_path / "a.png", tmp_path / "c.png"]
+    for path in good:
+        Image.fromarray(np.full((28, 28, 3), 128, np.uint8)).save(path)
+    broken = tmp_path / "b.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    files = [good[0], broken, good[1]]
+    done = run_cli("predict", out, *files, code=1)
+    printed = done.out.splitlines()
+    assert [line.split(":")[0] for line in printed] == [str(good[0]), str(good[1])]
+    assert f"error: Image '{broken}' cannot be decoded" in done.err
+    assert "error: 1 of 3 image(s) could not be predicted" in done.err
+    assert "Traceback" not in done.err
+    as_json = json.loads(run_cli("predict", out, *files, "--json", code=1).out)
+    assert [("error" in item) for item in as_json] == [False, True, False]
+
+
 def test_resume_runs_only_the_missing_trials(run: dict[str, Path]) -> None:
     again = ["search", "--space", run["space"], "--trials", "4", "--results", run["results"],
              *FAST]

@@ -18,7 +18,7 @@ import numpy as np
 
 from automl.config import TrialConfig
 from automl.data import pipeline
-from automl.errors import ConfigError
+from automl.errors import ConfigError, DataError
 from automl.search.record import StudyRecord
 
 SERVING_NOTE = "serving_default: images [batch, height, width, 3] float32 0..255 -> probabilities"
@@ -200,28 +200,34 @@ def predict_batches(model: Any, batches: Any) -> np.ndarray:
 
 
 def load_exported(model_dir: Path) -> tuple[Any, list[str]]:
-    """Reload an exported model and its labels; ConfigError if it is not one."""
+    """An exported model as a function of one RGB image (its probabilities), and its labels;
+    ConfigError if the folder is not an export."""
     model_dir = Path(model_dir)
     labels = model_dir / "labels.txt"
     if not (model_dir / "saved_model.pb").is_file() or not labels.is_file():
         raise ConfigError(f"{model_dir} is not a model exported by `automl export` (expected "
                           "saved_model.pb and labels.txt in it).")
+    names = labels.read_text(encoding="utf-8").splitlines()
     import tensorflow as tf
 
-    return tf.saved_model.load(str(model_dir)), labels.read_text(encoding="utf-8").splitlines()
+    saved = tf.saved_model.load(str(model_dir))
+    return (lambda image: saved(tf.constant(image[None], tf.float32)).numpy()[0]), names
 
 
 def predict_files(model_dir: Path, files: list[str], top: int = 1) -> list[dict[str, Any]]:
-    """Top-``top`` labels and probabilities for each image file."""
-    import tensorflow as tf
-
+    """Top-``top`` labels and probabilities for each image file; a file that cannot be read
+    or decoded gets ``{"file": ..., "error": why}`` instead, and the others are still predicted."""
     from automl.data.images import load_rgb_image
 
-    model, labels = load_exported(model_dir)
-    results = []
+    predict, labels = load_exported(model_dir)
+    results: list[dict[str, Any]] = []
     for name in files:
-        image = load_rgb_image(name)
-        probs = model(tf.constant(image[None], tf.float32)).numpy()[0]
+        try:
+            image = load_rgb_image(name)
+        except DataError as exc:
+            results.append({"file": name, "error": str(exc)})
+            continue
+        probs = predict(image)
         order = np.argsort(-probs)[:max(1, top)]
         results.append({"file": name, "predictions": [
             {"label": labels[i], "probability": float(probs[i])} for i in order]})
