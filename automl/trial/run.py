@@ -349,9 +349,7 @@ class _Trainer:
             at_cut = best_phase == 2 and self.fine_tunes()
             x = self.features(split, at_cut)
             model = self.model().top_model() if at_cut else self.head()
-            # direct calls: Keras' predict would trace a new function for every trial's model
-            probs = np.concatenate([np.asarray(model(x[i:i + 1024], training=False))
-                                    for i in range(0, len(x), 1024)])
+            probs = model.predict(x, batch_size=1024, verbose=0)
         else:
             tm = self.model()
             images = pipeline.images(split, self.config.image_size).batch(self.run.batch_size)
