@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,7 @@ def predict_batches(model: Any, batches: Any) -> np.ndarray:
     return np.concatenate([model(tf.cast(x, tf.float32)).numpy() for x, _ in batches])
 
 
-def load_exported(model_dir: Path) -> tuple[Any, list[str]]:
+def load_exported(model_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarray], list[str]]:
     """An exported model as a function of one RGB image (its probabilities), and its labels;
     ConfigError if the folder is not an export."""
     model_dir = Path(model_dir)
