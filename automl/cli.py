@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="share of trials that screen head settings on cached features before "
                    "fine-tuning and augmentation are tried on the best (1 = no staging; "
                    "default 0.8); --driver optuna only")
+    s.add_argument("--max-latency-ms", type=float, metavar="MS",
+                   help="train only architectures whose exported model answers one image "
+                   "within MS milliseconds on this machine (measured once per architecture); "
+                   "the others end as INFEASIBLE; --driver optuna only")
+    s.add_argument("--max-size-mb", type=float, metavar="MB",
+                   help="likewise for the float32 .tflite file's size in MB (10^6 bytes)")
     s.add_argument("--epochs", type=int, default=10, help="max epochs of the head phase")
     s.add_argument("--fine-tune-epochs", type=int, default=5,
                    help="max epochs of the fine-tuning phase")
@@ -116,6 +122,7 @@ def _show_warning(message: Warning | str, category: type, *_: object, **__: obje
 
 def cmd_search(a: argparse.Namespace) -> int:
     from automl.config import RunConfig
+    from automl.search.cost import Limits
     from automl.search.run import SearchRequest, run_search
 
     run = RunConfig(epochs=a.epochs, fine_tune_epochs=a.fine_tune_epochs,
@@ -129,7 +136,8 @@ def cmd_search(a: argparse.Namespace) -> int:
                         val_split=a.val_split, test_split=a.test_split, run=run,
                         artifacts=a.artifacts, heartbeat=a.heartbeat,
                         heartbeat_grace=a.heartbeat_grace, driver=a.driver,
-                        algorithm=a.algorithm, in_process=a.in_process)
+                        algorithm=a.algorithm, in_process=a.in_process,
+                        limits=Limits(a.max_latency_ms, a.max_size_mb))
     from automl.search.progress import make_progress
 
     study = run_search(req, progress=make_progress(sys.stdout, quiet=a.quiet))

@@ -96,35 +96,6 @@ def build_trained(row: Any, class_names: list[str], weights_file: Path,
     return tm
 
 
-def serving_module(inference: Any, image_size: int, n_classes: int) -> Any:
-    """A tf.Module whose __call__ resizes any RGB batch and returns class probabilities."""
-    import tensorflow as tf
-
-    binary = n_classes == 2
-
-    class Classifier(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = inference
-
-        def _probs(self, images: tf.Tensor) -> tf.Tensor:
-            x = tf.cast(images, tf.float32)
-            x = tf.image.resize(x, (image_size, image_size), method="bilinear")
-            x = tf.clip_by_value(tf.round(x), 0.0, 255.0)  # as the training pipeline stores it
-            p = self.model(x, training=False)
-            return tf.concat([1.0 - p, p], axis=-1) if binary else p
-
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
-        def __call__(self, images: tf.Tensor) -> tf.Tensor:
-            return self._probs(images)
-
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
-        def predict_uint8(self, images: tf.Tensor) -> tf.Tensor:
-            return self._probs(images)
-
-    return Classifier()
-
-
 def export_trial(row: Any, class_names: list[str], weights_file: Path, out: Path,
                  check_images: np.ndarray, test: tuple[Any, np.ndarray | None] | None = None,
                  result: dict[str, Any] | None = None) -> ExportReport:
@@ -138,6 +109,7 @@ def export_trial(row: Any, class_names: list[str], weights_file: Path, out: Path
     import tensorflow as tf
 
     from automl.trial.run import scores
+    from automl.trial.serving import serving_module
 
     tm = build_trained(row, class_names, weights_file, result)
     size = int(row["image_size"])

@@ -11,16 +11,19 @@ import pandas as pd
 
 from automl.atomic import write_atomic
 from automl.search.heartbeat import retried_from
-from automl.search.record import TrialRecord
+from automl.search.record import TrialRecord, shown_state
 from automl.space import DIMENSIONS
 
+#: the serving cost of a trial's architecture (``automl.search.cost``) and whether it is on the
+#: Pareto front of validation accuracy against latency among the finished trials
+COST_COLUMNS = ["latency_ms", "size_mb", "pareto"]
 COLUMNS = ["trial", "state", "val_accuracy", "val_loss", "test_accuracy", *DIMENSIONS,
-           "epochs", "best_phase", "train_seconds", "params", "cut", "stage", "weights_kept",
-           "reason", "host"]
+           *COST_COLUMNS, "epochs", "best_phase", "train_seconds", "params", "throughput_ips",
+           "cut", "stage", "weights_kept", "reason", "host"]
 _INT_COLUMNS = {"trial", "image_size", "head_width", "epochs", "best_phase", "params",
                 "trials", "best_trial"}
-_STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "INTERRUPTED": 4,
-                "FAIL": 5, "SKIPPED": 6}
+_STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "INFEASIBLE": 2, "RUNNING": 3, "WAITING": 4,
+                "INTERRUPTED": 5, "FAIL": 6, "SKIPPED": 7}
 
 
 def trial_row(number: int, state: str, attrs: dict[str, Any],
@@ -39,8 +42,7 @@ def record_row(number: int, state: str, rec: TrialRecord,
                artifacts: Path | None = None) -> dict[str, Any]:
     """One leaderboard row from a trial's number, state and record (see ``trial_row``)."""
     result, config = rec.result, rec.config
-    if state == "FAIL" and rec.state_detail is not None:
-        state = rec.state_detail
+    state = shown_state(state, rec)
     row: dict[str, Any] = {"trial": number, "state": state}
     row["val_accuracy"] = result.get("val_accuracy")
     if row["val_accuracy"] is None and intermediate:
@@ -53,6 +55,12 @@ def record_row(number: int, state: str, rec: TrialRecord,
                                                            else None))
     for key in ("best_phase", "train_seconds", "params", "cut"):
         row[key] = result.get(key)
+    cost = rec.cost or {}
+    for key in ("latency_ms", "size_mb", "throughput_ips"):
+        row[key] = cost.get(key)
+    if row["params"] is None:
+        row["params"] = cost.get("params")
+    row["pareto"] = False
     weights = result.get("weights_file")
     if artifacts is not None and rec.weights:
         weights = str(Path(artifacts) / rec.weights)
@@ -91,7 +99,24 @@ def from_study(study: Any, artifacts: Path | None = None) -> pd.DataFrame:
         if t.number in stale:
             rec = dataclasses.replace(rec, reason=stale[t.number])
         rows.append(record_row(t.number, t.state.name, rec, t.intermediate_values, artifacts))
-    return rank(pd.DataFrame(rows, columns=COLUMNS))
+    return mark_pareto(rank(pd.DataFrame(rows, columns=COLUMNS)))
+
+
+def mark_pareto(frame: pd.DataFrame) -> pd.DataFrame:
+    """Set ``pareto`` on the finished trials no other finished trial beats on both validation
+    accuracy (higher) and latency (lower), i.e. the accuracy-vs-latency front."""
+    if frame.empty:
+        return frame
+    frame = frame.copy()
+    frame["pareto"] = False
+    done = frame[(frame["state"] == "COMPLETE") & frame["latency_ms"].notna()
+                 & frame["val_accuracy"].notna()]
+    points = list(zip(done["val_accuracy"].astype(float), done["latency_ms"].astype(float),
+                      strict=True))
+    for index, (acc, lat) in zip(done.index, points, strict=True):
+        beaten = any(a >= acc and t <= lat and (a > acc or t < lat) for a, t in points)
+        frame.loc[index, "pareto"] = not beaten
+    return frame
 
 
 def rank(frame: pd.DataFrame) -> pd.DataFrame:

@@ -43,7 +43,8 @@ from rich.table import Table
 from rich.text import Text
 
 PHASES = {1: "head", 2: "fine-tune"}
-STATE_STYLES = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "INTERRUPTED": "magenta"}
+STATE_STYLES = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "INTERRUPTED": "magenta",
+                "INFEASIBLE": "blue"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class TrialEnd:
     """How one trial ended, as the live view shows it."""
 
     number: int
-    state: str                        # COMPLETE, PRUNED, FAIL or INTERRUPTED
+    state: str                        # COMPLETE, PRUNED, INFEASIBLE, FAIL or INTERRUPTED
     finished: int                     # finished (complete or pruned) trials now in the study
     val_accuracy: float | None = None
     detail: str = ""                  # why it failed, or where it was pruned

@@ -13,7 +13,10 @@ benchmark read any study alike. A trial's attributes (:class:`TrialRecord`):
 ``refines``        the trial whose configuration (and head phase) this one builds on
 ``start``          ``start point`` / ``start point's input``: a queued start trial
 ``reason``         why it failed
-``state_detail``   FAIL, INTERRUPTED or SKIPPED (the leaderboard's state of a FAIL)
+``state_detail``   FAIL, INTERRUPTED or SKIPPED (the leaderboard's state of a FAIL); INFEASIBLE
+                   (of a PRUNED trial over the search's limits, never trained)
+``cost``           what its architecture costs to serve (``latency_ms``, ``size_mb``, ``params``,
+                   ``throughput_ips``; see ``automl.search.cost``)
 ``host``           the worker that ran it (``hostname:pid``)
 ``worker_memory``  the trial worker's memory after it (``pid``, ``rss_mb``, ``cache_mb``)
 ``retry_of``       the trial it retries (its worker stopped sending heartbeats)
@@ -23,7 +26,9 @@ benchmark read any study alike. A trial's attributes (:class:`TrialRecord`):
 
 and a study's (:class:`StudyRecord`): ``schema``, ``data`` (where the data came from, its
 fingerprint and splits), ``class_names``, ``driver`` (the driver flags it is tied to) and
-``artifacts`` (the kept-weights folder).
+``artifacts`` (the kept-weights folder), ``limits`` (the ``--max-latency-ms``/``--max-size-mb`` it
+was started with: a study keeps them) and, one attribute per measured architecture,
+``cost:<backbone>@<image size>`` (``automl.search.cost``).
 
 Attributes are written as a trial goes (``write``: the stage before training, the history
 after), read whole (``TrialRecord.of``). Reading fills defaults for missing keys and never fails
@@ -126,6 +131,7 @@ class TrialRecord(_Attributes):
     reason: str = ""
     state_detail: str | None = None
     host: str = ""
+    cost: dict[str, Any] | None = None
     worker_memory: dict[str, Any] | None = None
     retry_of: int | None = None
     kt_trial_id: str | None = None
@@ -147,6 +153,7 @@ class StudyRecord(_Attributes):
     class_names: list[str] = field(default_factory=list)
     driver: str | None = None
     artifacts: str | None = None
+    limits: dict[str, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -247,6 +254,21 @@ def fail(study: optuna.Study, trial: optuna.Trial, history: list[dict[str, Any]]
     """End a running trial as FAIL with its history, ``reason`` and ``detail``."""
     write(trial, history=history, reason=reason, state_detail=detail)
     study.tell(trial, state=TrialState.FAIL)
+
+
+def shown_state(state: str, rec: TrialRecord) -> str:
+    """The state the leaderboard shows: Optuna's, or the detail of a FAIL (FAIL, INTERRUPTED,
+    SKIPPED) or of a PRUNED trial that was over the limits (INFEASIBLE)."""
+    if rec.state_detail == "INFEASIBLE" or (state == "FAIL" and rec.state_detail is not None):
+        return rec.state_detail
+    return state
+
+
+def infeasible(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """End a running trial that was not trained because its cost is over the limits: PRUNED
+    (so TPE counts it, with its constraints, among the bad trials), shown as INFEASIBLE."""
+    write(trial, reason=reason, state_detail="INFEASIBLE")
+    study.tell(trial, state=TrialState.PRUNED)
 
 
 def complete(study: optuna.Study, trial: optuna.Trial, result: TrialResult,

@@ -13,6 +13,7 @@ from typing import Any
 
 from automl.config import RunConfig
 from automl.errors import ConfigError
+from automl.search.cost import Limits, check_limits
 from automl.search.runner import DriverContext
 from automl.space import SearchSpace
 
@@ -46,6 +47,7 @@ class SearchRequest:
     driver: str = "optuna"           # or "keras-tuner"
     algorithm: str | None = None     # keras-tuner only: random, bayesian (default), hyperband
     in_process: bool = False         # run trials here instead of in a recycled worker process
+    limits: Limits = Limits()        # --max-latency-ms / --max-size-mb (Optuna driver only)
 
     @property
     def pruner_or_default(self) -> str:
@@ -92,12 +94,18 @@ def validate(req: SearchRequest) -> None:
     if not req.study or any(c in req.study for c in "/\\") or req.study.startswith("."):
         raise ConfigError(f"--study {req.study!r}: expected a plain name (no slashes).")
     _validate_driver(req)
+    check_limits(req.limits)
 
 
 def _refuse_optuna_flags(req: SearchRequest) -> None:
     """--pruner and --screen-fraction belong to the Optuna driver's schedule."""
     if req.driver == "optuna":
         return
+    if req.limits.any:
+        raise ConfigError(f"{req.limits.describe()}: cost limits apply to --driver optuna only "
+                          "(it measures each architecture before training and records the "
+                          "infeasible ones as Optuna constraints); keras-tuner's oracles have no "
+                          "constraints.")
     for flag, value in (("--pruner", req.pruner), ("--screen-fraction", req.screen_fraction)):
         if value is not None:
             raise ConfigError(f"{flag} applies to --driver optuna only; keras-tuner's "

@@ -18,8 +18,15 @@ from typing import Any
 from automl.backbones.registry import get_spec
 from automl.config import RunConfig, study_dir
 from automl.errors import ConfigError, WeightsError
+from automl.search.cost import Limits
 from automl.search.progress import LineProgress, SearchProgress, TrialEnd
-from automl.search.record import SCHEMA_VERSION, StudyRecord, TrialRecord, write_study
+from automl.search.record import (
+    SCHEMA_VERSION,
+    StudyRecord,
+    TrialRecord,
+    shown_state,
+    write_study,
+)
 from automl.search.request import (
     DRIVERS,
     KT_ALGORITHMS,
@@ -78,7 +85,9 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
     finally:
         setup.ctx.runner.stop()  # idle after the last trial (Ctrl-C has killed it already)
         progress.close()
-    _write_board(setup)
+    board = _write_board(setup)
+    if req.limits.any and (board["state"] == "COMPLETE").sum() == 0:
+        echo(_none_feasible(board, req.limits))
     return setup.study
 
 
@@ -122,7 +131,9 @@ def _prepare(req: SearchRequest, note: Callable[[str], None], early: Any) -> Sea
     folder = study_dir(req.results, req.study)
     # activations at the cuts the space can fine-tune from are cached in the same pass
     run = dataclasses.replace(req.run, cut_depths=space.cut_depths())
-    ctx = DriverContext(run, artifacts, _runner(req, run, data, resolver, artifacts, folder, early))
+    _check_same_limits(study, req)
+    ctx = DriverContext(run, artifacts, _runner(req, run, data, resolver, artifacts, folder, early),
+                        req.limits)
     return SearchSetup(req, space, data, study, created, folder, artifacts, ctx)
 
 
@@ -206,11 +217,26 @@ def _on_trial_end(setup: SearchSetup, progress: SearchProgress) -> Callable[[Any
     return on_trial_end
 
 
-def _write_board(setup: SearchSetup) -> None:
+def _write_board(setup: SearchSetup) -> Any:
     from automl.search import leaderboard
 
     board = leaderboard.from_study(setup.study, setup.artifacts)
     leaderboard.write_csv(board, setup.folder / "leaderboard.csv")
+    return board
+
+
+def _none_feasible(board: Any, limits: Limits) -> str:
+    """What to say when no trial finished within the limits: the cheapest one measured."""
+    said = f"no trial finished within {limits.describe()}"
+    measured = board[board["latency_ms"].notna()]
+    if measured.empty:
+        return f"{said}; the leaderboard lists the trials."
+    fastest = measured.loc[measured["latency_ms"].astype(float).idxmin()]
+    smallest = measured.loc[measured["size_mb"].astype(float).idxmin()]
+    return (f"{said}: the fastest architecture measured ({fastest['backbone']} at "
+            f"{int(fastest['image_size'])} px) takes {float(fastest['latency_ms']):.2f} ms, the "
+            f"smallest is {float(smallest['size_mb']):.2f} MB. Raise the limits or search smaller "
+            "backbones and image sizes; the leaderboard lists the infeasible trials.")
 
 
 def _check_same_data(study: Any, data: Any, req: SearchRequest) -> None:
@@ -230,6 +256,27 @@ def _check_same_data(study: Any, data: Any, req: SearchRequest) -> None:
             f"{known.get('seed')}, val {known.get('val_split')}, test {known.get('test_split')}); "
             f"this run's data ({data.source}) differs. Use another --study name, or the same "
             "data, seed and splits to resume it.")
+
+
+def _check_same_limits(study: Any, req: SearchRequest) -> None:
+    """Record the cost limits on a new study; refuse to resume it with others.
+
+    A trial's constraints are set when it runs, and TPE learns from them: a study whose limits
+    changed would mix trials judged by different rules (and export could pick a trial over the
+    new limits), so a study keeps the limits it started with.
+    """
+    limits = req.limits.as_dict()
+    known = StudyRecord.of(study).limits
+    if known is None and not study.trials:
+        write_study(study, limits=limits)
+        return
+    known = known or {}
+    if known != limits:
+        def said(d: dict[str, float]) -> str:
+            return Limits(**d).describe() or "no cost limits"
+        raise ConfigError(f"study '{req.study}' was started with {said(known)}; this run asks for "
+                          f"{said(limits)}. A study keeps its limits: resume it with the same "
+                          "flags, or start a new study with --study NAME.")
 
 
 def _check_same_driver(study: Any, req: SearchRequest) -> None:
@@ -280,9 +327,7 @@ def _keep_best_weights(board: Any, trials_dir: Path, keep: int,
 def _trial_end(trial: Any, board: Any, finished: int) -> TrialEnd:
     """How an Optuna trial ended, for the progress view."""
     rec = TrialRecord.of(trial)
-    state = trial.state.name
-    if state == "FAIL" and rec.state_detail is not None:
-        state = rec.state_detail
+    state = shown_state(trial.state.name, rec)
     detail = (f"at epoch {max(trial.intermediate_values or {0: 0})}" if state == "PRUNED"
               else rec.reason)
     best = board[board["state"] == "COMPLETE"]

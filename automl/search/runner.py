@@ -30,16 +30,21 @@ class TrialRunner(Protocol):
             reporter: Callable[[int, dict[str, float]], None] | None, train_log: TrainLog,
             warm: WarmStart | None = None) -> TrialResult: ...
 
+    def measure(self, backbone: str, image_size: int, head_widths: list[int],
+                with_backbone: bool = True) -> dict[str, Any]: ...
+
     def stop(self, kill: bool = False) -> None: ...
 
 
 @dataclass
 class DriverContext:
-    """What a driver needs of a run: its settings, where kept weights go, who runs trials."""
+    """What a driver needs of a run: its settings, where kept weights go, who runs trials, the
+    limits on a trial's serving cost (``automl.search.cost.Limits``; None: not measured)."""
 
     run: RunConfig
     trials_dir: Path
     runner: Any  # a TrialRunner
+    limits: Any = None
 
 
 def execute(config: TrialConfig, ctx: DriverContext, number: int,

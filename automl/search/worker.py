@@ -34,10 +34,12 @@ from automl.errors import TrialFailed
 from automl.search.record import TRIAL_ERRORS
 from automl.trial.messages import (
     Close,
+    Cost,
     Decision,
     Done,
     Epoch,
     Failed,
+    MeasureCost,
     Memory,
     Ready,
     RunTrial,
@@ -131,6 +133,25 @@ class TrialWorker:
             log.debug("trial %d failed in the trial worker:\n%s", number, msg.traceback)
         raise _ERRORS.get(msg.kind, TrialFailed)(msg.message)
 
+    def measure(self, backbone: str, image_size: int, head_widths: list[int],
+                with_backbone: bool = True) -> dict[str, Any]:
+        """:func:`automl.trial.cost.measure` in the worker (TrialFailed if it fails)."""
+        self._ensure_started()
+        try:
+            self._send(MeasureCost(backbone, image_size, tuple(head_widths), with_backbone), None)
+            msg = self._receive(None)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                self.stop(kill=True)  # Ctrl-C mid-measurement
+            raise
+        if isinstance(msg, Cost):
+            return msg.values
+        if isinstance(msg, Failed):
+            if msg.traceback is not None:
+                log.debug("cost measurement failed in the trial worker:\n%s", msg.traceback)
+            raise TrialFailed(msg.message)
+        raise TrialFailed(f"the trial worker sent {type(msg).__name__} unasked")
+
     def stop(self, kill: bool = False) -> None:
         """Stop the worker process (``kill``: at once, mid-trial); the next trial starts anew.
 
@@ -196,7 +217,7 @@ class TrialWorker:
         self._unsent = False
         self.started += 1
 
-    def _send(self, msg: RunTrial | Decision, number: int) -> None:
+    def _send(self, msg: RunTrial | Decision | MeasureCost, number: int | None) -> None:
         try:
             self._conn.send(msg)
         except OSError:

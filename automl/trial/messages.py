@@ -9,6 +9,12 @@ types instead of tuple positions. The conversation for one trial::
     Decision(go=True)      ──►                                    (False: pruned, stop now)
                            ◄──     Done(result, end) | Stopped(end) | Failed(kind, ..., end)
 
+Between trials the search may ask what an architecture costs to serve (measured once per
+architecture, outside any trial)::
+
+    MeasureCost(backbone, ...)  ──►
+                           ◄──     Cost(values) | Failed(kind, ..., end)
+
 A worker gets its ``WorkerSetup`` (the search's context) as its process argument, or, when it
 was started early to import TensorFlow while the search loads the data, as the first message
 with its first trial; ``Ready`` opens its life and ``Close`` ends it.
@@ -63,6 +69,24 @@ class RunTrial:
     run: RunConfig
     number: int
     warm: Any = None
+
+
+@dataclass(frozen=True)
+class MeasureCost:
+    """Measure a backbone at an image size (``with_backbone``) and hidden heads' widths
+    (:func:`automl.trial.cost.measure`)."""
+
+    backbone: str
+    image_size: int
+    head_widths: tuple[int, ...]
+    with_backbone: bool = True
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What :class:`MeasureCost` measured (:func:`automl.trial.cost.measure`'s dict)."""
+
+    values: dict[str, Any]
 
 
 @dataclass(frozen=True)

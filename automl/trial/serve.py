@@ -59,6 +59,9 @@ def serve(conn: Any, setup: messages.WorkerSetup | None = None) -> None:
             msg = conn.recv()
         except (EOFError, OSError):
             return
+        if isinstance(msg, messages.MeasureCost):
+            conn.send(_measure(ctx, msg))
+            continue
         if not isinstance(msg, messages.RunTrial):  # Close
             return
         conn.send(_run_one(conn, ctx, msg))
@@ -94,6 +97,25 @@ def _run_one(conn: Any, ctx: SearchContext, msg: messages.RunTrial,
     if failure is not None:
         return messages.Failed(failure[0], failure[1], end, failure[2])
     return messages.Stopped(end)
+
+
+def _measure(ctx: SearchContext, msg: messages.MeasureCost) -> messages.Cost | messages.Failed:
+    """An architecture's serving cost, or why it could not be measured."""
+    from automl.trial.cost import measure
+
+    try:
+        return messages.Cost(measure(msg.backbone, msg.image_size, len(ctx.data.class_names),
+                                     list(msg.head_widths), msg.with_backbone))
+    except Exception as exc:
+        text = str(exc).splitlines()[0][:300] if str(exc) else ""
+        end = messages.TrialEnd([], 1, 0.0, _memory(ctx), True)
+        return messages.Failed("TrialFailed", f"measuring the cost of {msg.backbone} at "
+                               f"{msg.image_size} px failed: {type(exc).__name__}: {text}", end,
+                               traceback.format_exc())
+    finally:
+        from automl.trial.model import reset_keras
+
+        reset_keras(ctx.run.seed)
 
 
 def _release(ctx: Any, cached: bool) -> None:

@@ -22,6 +22,7 @@ import optuna
 from automl.config import TrialConfig
 from automl.errors import AutoMLError, ConfigError
 from automl.search import heartbeat, record
+from automl.search.cost import Limits, trial_cost
 from automl.search.progress import SearchProgress
 from automl.search.record import TrialRecord
 from automl.search.request import SearchSetup
@@ -304,7 +305,7 @@ def _ask_and_run(space: SearchSpace, ctx: DriverContext, study: optuna.Study,
             record.settle(study, trial, record.classify(exc), [])
             raise
         progress.trial_start(trial.number, params, TrialRecord.of(trial).stage)
-        return _run_one(params, ctx, study, trial, progress)
+        return _run_one(params, ctx, study, trial, progress, space)
     finally:  # also after Ctrl-C: the leaderboard shows the interrupted trial
         gc.collect()
         on_trial_end(study, study.get_trials(deepcopy=False)[trial.number])
@@ -312,11 +313,30 @@ def _ask_and_run(space: SearchSpace, ctx: DriverContext, study: optuna.Study,
 
 def _run_one(params: dict[str, Any], ctx: DriverContext, study: optuna.Study,
              trial: optuna.Trial, progress: SearchProgress | None = None,
-             ) -> optuna.trial.TrialState:
-    """Run one asked trial and tell Optuna how it ended."""
+             space: SearchSpace | None = None) -> optuna.trial.TrialState:
+    """Measure what the trial's architecture costs (once per architecture), end it as
+    INFEASIBLE if that is over the limits, else run it; tell Optuna how it ended."""
     config = TrialConfig.from_params(params)
     record.write(trial, config=config.as_dict())
     train_log = TrainLog()
+    limits = ctx.limits if ctx.limits is not None else Limits()
+    try:
+        cost = trial_cost(study, ctx.runner, config, space)
+    except BaseException as exc:  # the measurement failed: the trial fails (Ctrl-C: stops)
+        outcome = record.classify(exc)
+        if outcome is None:
+            raise
+        record.settle(study, trial, outcome, [])
+        if outcome.stop:
+            raise
+        return outcome.state
+    record.write(trial, cost=cost)
+    for name, value in limits.constraints(cost).items():
+        trial.set_constraint(name, value)
+    over = limits.violations(cost)
+    if over:
+        record.infeasible(study, trial, f"not trained: {over}")
+        return optuna.trial.TrialState.PRUNED
 
     def report(epoch: int, row: dict[str, float]) -> None:
         if progress is not None:

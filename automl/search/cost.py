@@ -1,0 +1,128 @@
+"""A trial's serving cost and the limits a search keeps to (TensorFlow-free: the search side).
+
+An architecture's cost is measured once (:mod:`automl.trial.cost`, in the trial worker, outside
+any trial) and kept in the study as the user attribute ``cost:<backbone>@<image size>``: the
+backbone part, and one entry per hidden head width measured so far. A resumed search and other
+workers read it back instead of measuring again. A trial's cost (:func:`trial_cost`) is the sum:
+
+- ``latency_ms``: the backbone graph's batch-1 latency plus the hidden head layer's;
+- ``size_mb``: the float32 ``.tflite`` file of the backbone graph plus 4 bytes per parameter the
+  hidden head layer adds;
+- ``params``: every parameter of the exported model; ``throughput_ips``: the backbone graph's
+  images a second at batch 32.
+
+``Limits`` (``--max-latency-ms``, ``--max-size-mb``) turn a cost into Optuna constraints
+(``trial.set_constraint``: feasible when every value is <= 0), known before the trial trains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from automl.errors import ConfigError
+from automl.space import Categorical, SearchSpace
+
+PREFIX = "cost:"
+MB = 1e6  # size_mb is in megabytes of 10^6 bytes, as file managers show them
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The most a trial's model may cost to serve (None: no limit)."""
+
+    max_latency_ms: float | None = None
+    max_size_mb: float | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.max_latency_ms is not None or self.max_size_mb is not None
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: v for k, v in (("max_latency_ms", self.max_latency_ms),
+                                  ("max_size_mb", self.max_size_mb)) if v is not None}
+
+    def constraints(self, cost: dict[str, Any]) -> dict[str, float]:
+        """Optuna constraint values of a cost: measured minus the limit (> 0: over it)."""
+        out = {}
+        if self.max_latency_ms is not None:
+            out["latency_ms"] = float(cost["latency_ms"]) - self.max_latency_ms
+        if self.max_size_mb is not None:
+            out["size_mb"] = float(cost["size_mb"]) - self.max_size_mb
+        return out
+
+    def violations(self, cost: dict[str, Any]) -> str:
+        """Why a cost is over the limits, in words ("" when it is within them)."""
+        parts = []
+        if self.max_latency_ms is not None and cost["latency_ms"] > self.max_latency_ms:
+            parts.append(f"latency {cost['latency_ms']:.2f} ms > --max-latency-ms "
+                         f"{self.max_latency_ms:g}")
+        if self.max_size_mb is not None and cost["size_mb"] > self.max_size_mb:
+            parts.append(f"size {cost['size_mb']:.2f} MB > --max-size-mb {self.max_size_mb:g}")
+        return "; ".join(parts)
+
+    def describe(self) -> str:
+        """The limits as the flags that set them."""
+        return " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in self.as_dict().items())
+
+
+def check_limits(limits: Limits) -> None:
+    """Refuse limits no model can meet (zero or negative)."""
+    for flag, value in (("--max-latency-ms", limits.max_latency_ms),
+                        ("--max-size-mb", limits.max_size_mb)):
+        if value is not None and not value > 0:
+            raise ConfigError(f"{flag} {value:g}: expected a positive number (the most a "
+                              "trial's model may cost to serve).")
+
+
+def _key(backbone: str, image_size: int) -> str:
+    return f"{PREFIX}{backbone}@{image_size}"
+
+
+def _widths(space: SearchSpace | None, width: int) -> list[int]:
+    """The head widths to measure with this one: every width the space offers, if it lists
+    them (a head costs milliseconds to measure), else just this one."""
+    param = space.params.get("head_width") if space is not None else None
+    widths = {int(width)}
+    if isinstance(param, Categorical):
+        widths.update(int(w) for w in param.values())
+    return sorted(widths)
+
+
+def measured(study: Any) -> dict[str, dict[str, Any]]:
+    """Every architecture measured in the study, by ``<backbone>@<image size>``."""
+    return {k[len(PREFIX):]: v for k, v in study.user_attrs.items() if k.startswith(PREFIX)}
+
+
+def trial_cost(study: Any, runner: Any, config: Any,
+               space: SearchSpace | None = None) -> dict[str, Any]:
+    """The serving cost of ``config``'s architecture, measured through ``runner`` only if the
+    study does not know it yet (then kept in the study)."""
+    key = _key(config.backbone, config.image_size)
+    entry = dict(study.user_attrs.get(key) or {})
+    width = str(int(config.head_width))
+    if not entry.get("backbone") or width not in entry.get("heads", {}):
+        missing = [w for w in _widths(space, int(config.head_width))
+                   if str(w) not in entry.get("heads", {})]
+        new = runner.measure(config.backbone, int(config.image_size), missing,
+                             with_backbone=not entry.get("backbone"))
+        heads = {**entry.get("heads", {}), **{str(k): v for k, v in new["heads"].items()}}
+        entry = {"backbone": entry.get("backbone") or new["backbone"],
+                 "features": new["features"], "heads": heads,
+                 "seconds": float(entry.get("seconds", 0.0)) + float(new["seconds"])}
+        study.set_user_attr(key, entry)
+    return combine(entry, int(config.head_width))
+
+
+def combine(entry: dict[str, Any], head_width: int) -> dict[str, Any]:
+    """A trial's cost from its architecture's measured parts (see the module's docstring)."""
+    part, head = entry["backbone"], entry["heads"][str(int(head_width))]
+    return {"latency_ms": round(float(part["latency_ms"]) + float(head["latency_ms"]), 3),
+            "size_mb": round((int(part["tflite_bytes"]) + 4 * int(head["params"])) / MB, 3),
+            "params": int(part["params"]) + int(head["params"]),
+            "throughput_ips": round(float(part["throughput_ips"]), 1)}
+
+
+def measuring_seconds(study: Any) -> float:
+    """Wall seconds the study's cost measurements took, all workers and runs together."""
+    return sum(float(v.get("seconds", 0.0)) for v in measured(study).values())
