@@ -28,6 +28,7 @@ FULL = TrialRecord(
     result={"val_accuracy": 0.9, "val_loss": 0.3, "epochs": 4}, history=[{"epoch": 1}],
     weights="trial_0003/model.weights.h5", stage="hyperband r1", refines=0, start="start point",
     reason="boom", state_detail="INTERRUPTED", host="gpu-1:42",
+    cost={"latency_ms": 11.5, "size_mb": 14.0, "params": 3_578_282, "throughput_ips": 440.0},
     worker_memory={"pid": 7, "rss_mb": 500.0, "cache_mb": 12.5}, retry_of=0, kt_trial_id="0003",
     kt_algorithm="hyperband", kt_budget=3, kt_bracket=1, kt_round=0, kt_continues="0001")
 
@@ -68,10 +69,11 @@ def test_a_study_record_round_trips() -> None:
     study = _study()
     meta = {"source": "tiny.npz", "fingerprint": "abc", "seed": 0}
     record.write_study(study, schema=SCHEMA_VERSION, data=meta, class_names=["a", "b"],
-                       driver="--driver optuna", artifacts="/r/trials")
+                       driver="--driver optuna", artifacts="/r/trials",
+                       limits={"max_latency_ms": 20.0})
     rec = StudyRecord.of(study)
     assert rec == StudyRecord(data=meta, class_names=["a", "b"], driver="--driver optuna",
-                              artifacts="/r/trials")
+                              artifacts="/r/trials", limits={"max_latency_ms": 20.0})
     assert StudyRecord.from_attrs(rec.to_attrs()) == rec
     with pytest.raises(TypeError, match="no field colour"):
         record.write_study(study, colour="red")
