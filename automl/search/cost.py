@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from automl.errors import ConfigError
+from automl.search import record
 from automl.space import Categorical, SearchSpace
 
-PREFIX = "cost:"
 MB = 1e6  # size_mb is in megabytes of 10^6 bytes, as file managers show them
 
 
@@ -76,7 +76,7 @@ def check_limits(limits: Limits) -> None:
 
 
 def _key(backbone: str, image_size: int) -> str:
-    return f"{PREFIX}{backbone}@{image_size}"
+    return f"{backbone}@{image_size}"
 
 
 def _widths(space: SearchSpace | None, width: int) -> list[int]:
@@ -89,17 +89,12 @@ def _widths(space: SearchSpace | None, width: int) -> list[int]:
     return sorted(widths)
 
 
-def measured(study: Any) -> dict[str, dict[str, Any]]:
-    """Every architecture measured in the study, by ``<backbone>@<image size>``."""
-    return {k[len(PREFIX):]: v for k, v in study.user_attrs.items() if k.startswith(PREFIX)}
-
-
 def trial_cost(study: Any, runner: Any, config: Any,
                space: SearchSpace | None = None) -> dict[str, Any]:
     """The serving cost of ``config``'s architecture, measured through ``runner`` only if the
     study does not know it yet (then kept in the study)."""
     key = _key(config.backbone, config.image_size)
-    entry = dict(study.user_attrs.get(key) or {})
+    entry = dict(record.measured_costs(study).get(key) or {})
     width = str(int(config.head_width))
     if not entry.get("backbone") or width not in entry.get("heads", {}):
         missing = [w for w in _widths(space, int(config.head_width))
@@ -110,7 +105,7 @@ def trial_cost(study: Any, runner: Any, config: Any,
         entry = {"backbone": entry.get("backbone") or new["backbone"],
                  "features": new["features"], "heads": heads,
                  "seconds": float(entry.get("seconds", 0.0)) + float(new["seconds"])}
-        study.set_user_attr(key, entry)
+        record.write_cost(study, key, entry)
     return combine(entry, int(config.head_width))
 
 
@@ -125,4 +120,4 @@ def combine(entry: dict[str, Any], head_width: int) -> dict[str, Any]:
 
 def measuring_seconds(study: Any) -> float:
     """Wall seconds the study's cost measurements took, all workers and runs together."""
-    return sum(float(v.get("seconds", 0.0)) for v in measured(study).values())
+    return sum(float(v.get("seconds", 0.0)) for v in record.measured_costs(study).values())

@@ -185,6 +185,21 @@ def write_study(study: Any, **fields: Any) -> None:
         study.set_user_attr(key, value)
 
 
+#: a study's attribute per measured architecture: ``cost:<backbone>@<image size>``
+COST_PREFIX = "cost:"
+
+
+def measured_costs(study: Any) -> dict[str, dict[str, Any]]:
+    """Every architecture's measured cost in the study, by ``<backbone>@<image size>``."""
+    return {k[len(COST_PREFIX):]: v for k, v in study.user_attrs.items()
+            if k.startswith(COST_PREFIX)}
+
+
+def write_cost(study: Any, architecture: str, entry: dict[str, Any]) -> None:
+    """Keep an architecture's measured cost (``<backbone>@<image size>``) in the study."""
+    study.set_user_attr(f"{COST_PREFIX}{architecture}", entry)
+
+
 def enqueue(study: optuna.Study, params: dict[str, Any], record: TrialRecord) -> None:
     """Queue a trial with fixed ``params`` that starts with ``record``'s attributes."""
     study.enqueue_trial(params, user_attrs=record.to_attrs())
