@@ -173,14 +173,20 @@ def predict_batches(model: Any, batches: Any) -> np.ndarray:
 
 
 def load_exported(model_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarray], list[str]]:
-    """An exported model as a function of one RGB image (its probabilities), and its labels;
-    ConfigError if the folder is not an export."""
+    """An exported model (a SavedModel or a TFLite export) as a function of one RGB image
+    (its probabilities), and its labels; ConfigError if the folder is not an export."""
     model_dir = Path(model_dir)
     labels = model_dir / "labels.txt"
-    if not (model_dir / "saved_model.pb").is_file() or not labels.is_file():
+    tflite = (model_dir / "model.tflite").is_file()
+    if not ((model_dir / "saved_model.pb").is_file() or tflite) or not labels.is_file():
         raise ConfigError(f"{model_dir} is not a model exported by `automl export` (expected "
-                          "saved_model.pb and labels.txt in it).")
+                          "saved_model.pb or model.tflite, and labels.txt in it).")
     names = labels.read_text(encoding="utf-8").splitlines()
+    if tflite:
+        from automl.report.tflite import TFLiteModel, resized_for
+
+        model = TFLiteModel((model_dir / "model.tflite").read_bytes(), 1)
+        return (lambda image: model.probs(resized_for(model, image))[0]), names
     import tensorflow as tf
 
     saved = tf.saved_model.load(str(model_dir))
@@ -220,13 +226,24 @@ def study_data(study: Any, data: str | None = None) -> Any:
 
 def export_study(results: Path, study_name: str, storage: str | None, trial: int | None,
                  out: Path, check: int = 32, artifacts: str | None = None,
-                 data: str | None = None) -> ExportReport:
+                 data: str | None = None, fmt: str = "savedmodel",
+                 quantize: str = "none") -> Any:
     """Export the best (or ``trial``) trial of a study, checking it against the study's data.
 
     Kept weights are looked up under ``artifacts`` (default: the folder the search recorded, or
     ``<results>/<study>/trials``), so any machine that reaches the storage and that folder can
     export. ``data`` is the study's data where it is now (default: where the search read it).
+    ``fmt`` "tflite" writes a verified ``model.tflite`` (``quantize``: none, float16, int8) and
+    returns a :class:`~automl.report.tflite.TFLiteReport`; else an :class:`ExportReport`.
     """
+    from automl.trial.tflite_convert import QUANTIZATIONS
+
+    if fmt not in ("savedmodel", "tflite"):
+        raise ConfigError(f"--format {fmt}: expected savedmodel or tflite.")
+    if quantize not in QUANTIZATIONS:
+        raise ConfigError(f"--quantize {quantize}: expected one of {', '.join(QUANTIZATIONS)}.")
+    if quantize != "none" and fmt != "tflite":
+        raise ConfigError(f"--quantize {quantize} applies to --format tflite only.")
     from automl.search import leaderboard
     from automl.search.record import StudyRecord, TrialRecord
     from automl.search.study import artifact_root, open_study
@@ -270,6 +287,15 @@ def export_study(results: Path, study_name: str, storage: str | None, trial: int
             "accuracy is not compared with the recorded one", data.source)
         row = row.copy()
         row["test_accuracy"] = float("nan")
+    if fmt == "tflite":
+        from automl.report.tflite import calibration_images, export_tflite
+
+        tm = build_trained(row, class_names, weights, chosen.result)
+        test_arrays = None if data.test is None else (
+            np.stack(list(pipeline.images(data.test, size).as_numpy_iterator())),
+            np.asarray(data.test.labels))
+        calibration = calibration_images(data.train, size) if quantize == "int8" else None
+        return export_tflite(tm, row, class_names, out, quantize, val, test_arrays, calibration)
     if data.test is not None:
         test = (pipeline.dataset(data.test, size, 256), data.test.labels)
     return export_trial(row, class_names, weights, out, val, test, chosen.result)

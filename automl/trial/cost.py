@@ -57,22 +57,16 @@ def _config(backbone: str, image_size: int, head_width: int) -> TrialConfig:
                                     "augmentation": "none"})
 
 
-def tflite_float32(model: Any) -> bytes:
-    """A Keras model as a float32 ``.tflite`` flatbuffer (its input shape as built)."""
-    import tensorflow as tf
-
-    # Keras prints the SavedModel it exports on the way (a line per variable) to stdout
-    with contextlib.redirect_stdout(io.StringIO()):
-        return tf.lite.TFLiteConverter.from_keras_model(model).convert()
-
-
 def _size_store() -> Any:
     return automl_home() / "cost" / "tflite_bytes.json"
 
 
-def _tflite_bytes(model: Any, backbone: str, n_classes: int) -> int:
-    """The float32 .tflite size of ``model`` (converted once per machine, then remembered)."""
+def _tflite_bytes(model: Any, size: int, backbone: str, n_classes: int) -> int:
+    """The float32 .tflite size of ``model`` as ``automl export --format tflite`` converts it
+    (converted once per machine, backbone and number of classes, then remembered)."""
     import tensorflow as tf
+
+    from automl.trial.tflite_convert import convert
 
     store = _size_store()
     key = f"{backbone}|classes={n_classes}|tensorflow={tf.__version__}"
@@ -84,14 +78,15 @@ def _tflite_bytes(model: Any, backbone: str, n_classes: int) -> int:
         known = {}
     if isinstance(known.get(key), int):
         return int(known[key])
-    size = len(tflite_float32(model))
-    known[key] = size
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter's chatter
+        nbytes = len(convert(model, size, n_classes == 2, "none"))
+    known[key] = nbytes
     try:
         store.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(store, lambda p: p.write_text(json.dumps(known, indent=1), encoding="utf-8"))
     except OSError:  # a read-only home: measured again next time
         pass
-    return size
+    return nbytes
 
 
 def head_costs(features: int, widths: list[int], n_classes: int) -> dict[int, dict[str, float]]:
@@ -163,7 +158,8 @@ def measure(backbone: str, image_size: int, n_classes: int, head_widths: list[in
         batch_ms = _median_ms(call, many, THROUGHPUT_CALLS, 1)
         part = {"latency_ms": latency, "throughput_ips": THROUGHPUT_BATCH * 1000.0 / batch_ms,
                 "params": int(tm.inference.count_params()),
-                "tflite_bytes": _tflite_bytes(tm.inference, backbone, n_classes)}
+                "tflite_bytes": _tflite_bytes(tm.inference, image_size, backbone,
+                                              n_classes)}
     heads = head_costs(features, head_widths, n_classes)
     seconds = time.perf_counter() - start
     reset_keras(0)
