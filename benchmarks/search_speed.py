@@ -196,7 +196,8 @@ def study_costs(study: Any, t0: float, features: Path) -> dict[str, Any]:
     before it asks for the next trial, so that interval is ask -> leaderboard row (and the
     next ask).
     """
-    from automl.search.record import TrialRecord
+    from automl.search.cost import measuring_seconds
+    from automl.search.record import TrialRecord, measured_costs
 
     trials = sorted(study.trials, key=lambda t: t.number)
     starts = {t.number: t.datetime_start for t in trials if t.datetime_start is not None}
@@ -240,6 +241,7 @@ def study_costs(study: Any, t0: float, features: Path) -> dict[str, Any]:
             "from_search": first.datetime_complete.timestamp() - t0},
         "phased": phased,
         "features_mb": size_mb, "features_files": files, "features_dir": str(features),
+        "cost_seconds": measuring_seconds(study), "architectures": len(measured_costs(study)),
     }
 
 
@@ -759,6 +761,12 @@ def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
                          f"= {100 * row['ratio']:.0f}%")
     if res.get("a", {}).get("costs"):
         lines += ["", *report_costs(res["a"]["costs"], res.get("views"))]
+        seconds, wall = res["a"]["costs"].get("cost_seconds"), res["a"].get("wall")
+        if seconds is not None and wall:
+            lines.append(f"(a) serving-cost measurement (latency, throughput, .tflite size; once "
+                         f"per backbone and size, in the trial worker): {seconds:.1f} s of the "
+                         f"{wall:.0f} s wall = {100 * seconds / wall:.1f}% "
+                         f"({res['a']['costs']['architectures']} architectures)")
     for name, section in (("views", report_views), ("finetune", report_finetune),
                           ("ablation", report_ablation)):
         if name in res:

@@ -22,7 +22,7 @@ dropout: 0.1
 learning_rate: {low: 1.0e-3, high: 1.0e-2, log: true}
 augmentation: none
 """
-SECTIONS = {"history", "importances", "dimensions", "curves", "confusion", "mistakes",
+SECTIONS = {"history", "cost", "importances", "dimensions", "curves", "confusion", "mistakes",
             "gradcam"}
 TEST_IMAGES = 10 * 20
 
@@ -120,7 +120,8 @@ def test_confusion_matrix_agrees_with_the_leaderboard(run: dict) -> None:
 def test_sections_and_curves_of_the_best_trial(run: dict) -> None:
     page = run["html"]
     for title in ("Leaderboard (top 20)", "Per-backbone summary", "Optimisation history",
-                  "Parameter importances", "Validation accuracy against each search dimension",
+                  "Accuracy against serving cost", "Parameter importances",
+                  "Validation accuracy against each search dimension",
                   "Best trial: training curves", "Best trial on the test split",
                   "Per-class precision, recall and F1", "Most confident mistakes",
                   "Grad-CAM"):
@@ -128,6 +129,11 @@ def test_sections_and_curves_of_the_best_trial(run: dict) -> None:
     assert 'class="note"' not in page  # nothing was left out
     assert "no fine-tuning phase" not in page
     assert "optuna-dashboard sqlite:///" in page
+    # the Pareto front's table: the finished trials nothing beats on accuracy and latency
+    front = [r for r in run["board"] if r["pareto"] == "True"]
+    assert front and all(r["state"] == "COMPLETE" for r in front)
+    section = page.split("<h2>Accuracy against serving cost")[1].split("<h2>")[0]
+    assert all(f"<td>{r['trial']}</td>" in section for r in front)
     # the best trial's history (stored with the study) has both phases
     best = load_study(run["results"]).trials[int(run["board"][0]["trial"])]
     phases = [row["phase"] for row in best.user_attrs["history"]]

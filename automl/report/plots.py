@@ -188,3 +188,31 @@ def gradcam_figure(images: np.ndarray, heatmaps: np.ndarray, titles: Sequence[st
     fig.suptitle(heading)
     fig.tight_layout()
     return fig
+
+
+def cost_figure(board: pd.DataFrame, max_latency_ms: float | None = None) -> Figure:
+    """Validation accuracy against batch-1 latency: finished trials, the Pareto front (the
+    trials nothing beats on both), pruned ones in grey, the latency limit as a line."""
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    measured = board[board["latency_ms"].notna() & board["val_accuracy"].notna()]
+    pruned = measured[measured["state"] == "PRUNED"]
+    done = measured[measured["state"] == "COMPLETE"]
+    if not pruned.empty:
+        ax.scatter(pruned["latency_ms"], pruned["val_accuracy"], marker="x", color="tab:gray",
+                   label=f"pruned ({len(pruned)}, best epoch)", zorder=2)
+    if not done.empty:
+        ax.scatter(done["latency_ms"], done["val_accuracy"], color="tab:blue",
+                   label=f"complete ({len(done)})", zorder=3)
+        front = done[done["pareto"].astype(bool)].sort_values("latency_ms")
+        ax.step(front["latency_ms"], front["val_accuracy"], where="post", color="tab:red",
+                marker="o", label=f"Pareto front ({len(front)})", zorder=4)
+    if max_latency_ms is not None:
+        ax.axvline(max_latency_ms, color="tab:orange", linestyle="--",
+                   label=f"--max-latency-ms {max_latency_ms:g}")
+    ax.set_xlabel("batch-1 latency of the exported model on this machine (ms)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Accuracy against latency")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return fig

@@ -34,8 +34,10 @@ log = logging.getLogger("automl")
 TOP = 20
 MISTAKES = 12
 GRADCAM_IMAGES = 8
-BOARD_COLUMNS = ["trial", "state", "val_accuracy", "test_accuracy", *DIMENSIONS, "epochs",
-                 "best_phase", "train_seconds", "stage"]
+BOARD_COLUMNS = ["trial", "state", "val_accuracy", "test_accuracy", *DIMENSIONS, "latency_ms",
+                 "size_mb", "epochs", "best_phase", "train_seconds", "stage"]
+FRONT_COLUMNS = ["trial", "val_accuracy", "test_accuracy", "latency_ms", "size_mb", "params",
+                 "backbone", "image_size", "head_width"]
 
 
 @dataclass
@@ -118,6 +120,7 @@ def build_report(results: Path, study_name: str, storage: str | None = None,
     done = board[board["state"] == "COMPLETE"]
     _overview(page, study, board, done)
     _history(page, board)
+    _cost(page, study, board)
     _importances(page, study)
     _dimensions(page, done)
     test, per_class = _best_trial(page, study, board, root, data)
@@ -164,6 +167,33 @@ def _history(page: _Page, board: pd.DataFrame) -> None:
         page.note("No trial has reached a validation accuracy yet: no history to plot.")
         return
     page.image("history", history_figure(board), "validation accuracy per trial, best so far")
+
+
+def _cost(page: _Page, study: Any, board: pd.DataFrame) -> None:
+    """Accuracy against latency, the Pareto front as a table, the limits the search kept to."""
+    from automl.report.plots import cost_figure
+
+    page.heading("Accuracy against serving cost")
+    limits = StudyRecord.of(study).limits or {}
+    if board["latency_ms"].notna().sum() == 0:
+        page.note("No trial has a measured cost (trials of keras-tuner searches and of studies "
+                  "from before automl measured it have none).")
+        return
+    if limits:
+        said = ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in limits.items())
+        infeasible = int((board["state"] == "INFEASIBLE").sum())
+        page.text(f"The search kept to {said}: {infeasible} trial(s) over the limits were "
+                  "not trained (INFEASIBLE).")
+    page.text("Latency: median of 50 batch-1 calls of the exported graph (resizing included) "
+              "on this machine; size: the float32 .tflite file. Both are measured once per "
+              "architecture.")
+    page.image("cost", cost_figure(board, limits.get("max_latency_ms")),
+               "validation accuracy against batch-1 latency, with the Pareto front")
+    front = board[board["pareto"].astype(bool)].sort_values("latency_ms")
+    if front.empty:
+        page.note("No trial has finished yet: there is no Pareto front.")
+    else:
+        page.table(front[FRONT_COLUMNS])
 
 
 def importance_groups(study: Any) -> tuple[list[tuple[str, dict[str, float]]], list[str]]:
