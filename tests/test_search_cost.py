@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from automl.errors import ConfigError
-from automl.search.cost import Limits, check_limits, combine
+from automl.search.cost import Limits, check_limits, combine, known_cost
 from automl.search.leaderboard import COLUMNS, mark_pareto
 
 ENTRY = {"backbone": {"latency_ms": 10.0, "throughput_ips": 300.0, "params": 3_425_834,
@@ -24,6 +24,15 @@ def test_a_trial_cost_adds_the_hidden_head_layer_to_the_backbone_graph() -> None
     assert wide["params"] == 3_425_834 + 152_448
     assert wide["size_mb"] == pytest.approx((13_418_208 + 4 * 152_448) / 1e6, abs=1e-3)
     assert wide["latency_ms"] == pytest.approx(10.05)
+
+
+def test_a_cost_measured_after_the_trial_is_read_back_from_the_study_measurements() -> None:
+    measured = {"efficientnet_lite0@96": ENTRY}
+    config = {"backbone": "efficientnet_lite0", "image_size": 96, "head_width": 128}
+    assert known_cost(measured, config) == combine(ENTRY, 128)
+    assert known_cost(measured, {**config, "head_width": 512}) is None  # width not measured
+    assert known_cost(measured, {**config, "image_size": 64}) is None
+    assert known_cost({}, config) is None and known_cost(measured, {}) is None
 
 
 def test_limits_give_optuna_constraints_and_say_what_is_over() -> None:

@@ -12,7 +12,10 @@ workers read it back instead of measuring again. A trial's cost (:func:`trial_co
   images a second at batch 32.
 
 ``Limits`` (``--max-latency-ms``, ``--max-size-mb``) turn a cost into Optuna constraints
-(``trial.set_constraint``: feasible when every value is <= 0), known before the trial trains.
+(``trial.set_constraint``: feasible when every value is <= 0), measured before the trial trains
+and recorded with it. Without limits nothing needs the cost before training, so a new
+architecture is measured right after its first trial (the first results come sooner), and the
+leaderboard takes a trial's cost from the study's measurements (:func:`known_cost`).
 """
 
 from __future__ import annotations
@@ -107,6 +110,20 @@ def trial_cost(study: Any, runner: Any, config: Any,
                  "seconds": float(entry.get("seconds", 0.0)) + float(new["seconds"])}
         record.write_cost(study, key, entry)
     return combine(entry, int(config.head_width))
+
+
+def known_cost(measured: dict[str, dict[str, Any]],
+               config: dict[str, Any]) -> dict[str, Any] | None:
+    """A configuration's cost from the study's measurements (``record.measured_costs``), or
+    None while its architecture (or head width) is not measured."""
+    try:
+        entry = measured.get(_key(config["backbone"], int(config["image_size"])))
+        width = int(config["head_width"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not entry or not entry.get("backbone") or str(width) not in entry.get("heads", {}):
+        return None
+    return combine(entry, width)
 
 
 def combine(entry: dict[str, Any], head_width: int) -> dict[str, Any]:

@@ -10,8 +10,9 @@ from typing import Any
 import pandas as pd
 
 from automl.atomic import write_atomic
+from automl.search.cost import known_cost
 from automl.search.heartbeat import retried_from
-from automl.search.record import TrialRecord, shown_state
+from automl.search.record import TrialRecord, measured_costs, shown_state
 from automl.space import DIMENSIONS
 
 #: the serving cost of a trial's architecture (``automl.search.cost``) and whether it is on the
@@ -39,8 +40,13 @@ def trial_row(number: int, state: str, attrs: dict[str, Any],
 
 def record_row(number: int, state: str, rec: TrialRecord,
                intermediate: dict[int, float] | None = None,
-               artifacts: Path | None = None) -> dict[str, Any]:
-    """One leaderboard row from a trial's number, state and record (see ``trial_row``)."""
+               artifacts: Path | None = None,
+               measured: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One leaderboard row from a trial's number, state and record (see ``trial_row``).
+
+    ``measured``: the study's serving-cost measurements; a trial without a recorded cost (one
+    measured after it ran, when no limit needed it before) takes its architecture's from there.
+    """
     result, config = rec.result, rec.config
     state = shown_state(state, rec)
     row: dict[str, Any] = {"trial": number, "state": state}
@@ -55,7 +61,7 @@ def record_row(number: int, state: str, rec: TrialRecord,
                                                            else None))
     for key in ("best_phase", "train_seconds", "params", "cut"):
         row[key] = result.get(key)
-    cost = rec.cost or {}
+    cost = rec.cost or known_cost(measured or {}, config) or {}
     for key in ("latency_ms", "size_mb", "throughput_ips"):
         row[key] = cost.get(key)
     if row["params"] is None:
@@ -93,12 +99,14 @@ def from_study(study: Any, artifacts: Path | None = None) -> pd.DataFrame:
     """The ranked leaderboard of an Optuna study (one row per trial, best first)."""
     trials = study.get_trials(deepcopy=False)
     records = [TrialRecord.of(t) for t in trials]
+    measured = measured_costs(study)
     stale = _stale_reasons(trials, records)
     rows = []
     for t, rec in zip(trials, records, strict=True):
         if t.number in stale:
             rec = dataclasses.replace(rec, reason=stale[t.number])
-        rows.append(record_row(t.number, t.state.name, rec, t.intermediate_values, artifacts))
+        rows.append(record_row(t.number, t.state.name, rec, t.intermediate_values, artifacts,
+                               measured))
     return mark_pareto(rank(pd.DataFrame(rows, columns=COLUMNS)))
 
 

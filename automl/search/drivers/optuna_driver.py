@@ -305,21 +305,50 @@ def _ask_and_run(space: SearchSpace, ctx: DriverContext, study: optuna.Study,
             record.settle(study, trial, record.classify(exc), [])
             raise
         progress.trial_start(trial.number, params, TrialRecord.of(trial).stage)
-        return _run_one(params, ctx, study, trial, progress, space)
+        state = _run_one(params, ctx, study, trial, progress, space)
     finally:  # also after Ctrl-C: the leaderboard shows the interrupted trial
         gc.collect()
         on_trial_end(study, study.get_trials(deepcopy=False)[trial.number])
+    if not _limited(ctx):  # no limit needs it before training: measured after the trial's row
+        _measure_after(study, ctx, TrialConfig.from_params(params), space)
+    return state
+
+
+def _limited(ctx: DriverContext) -> bool:
+    return ctx.limits is not None and ctx.limits.any
+
+
+def _measure_after(study: optuna.Study, ctx: DriverContext, config: TrialConfig,
+                   space: SearchSpace) -> None:
+    """Measure a trial's architecture once it has finished (kept in the study; the leaderboard
+    reads it from there), so the first results are not held up by it; a failure is a warning."""
+    try:
+        trial_cost(study, ctx.runner, config, space)
+    except Exception as exc:
+        log.warning("could not measure the serving cost of %s at %d px: %s", config.backbone,
+                    config.image_size, exc)
 
 
 def _run_one(params: dict[str, Any], ctx: DriverContext, study: optuna.Study,
              trial: optuna.Trial, progress: SearchProgress | None = None,
              space: SearchSpace | None = None) -> optuna.trial.TrialState:
-    """Measure what the trial's architecture costs (once per architecture), end it as
-    INFEASIBLE if that is over the limits, else run it; tell Optuna how it ended."""
+    """With limits: measure what the trial's architecture costs (once per architecture) and end
+    it as INFEASIBLE if that is over them. Run it; tell Optuna how it ended."""
     config = TrialConfig.from_params(params)
     record.write(trial, config=config.as_dict())
     train_log = TrainLog()
-    limits = ctx.limits if ctx.limits is not None else Limits()
+    if _limited(ctx):
+        over = _check_limits(ctx.limits, ctx, study, trial, config, space)
+        if over is not None:
+            return over
+    return _train(config, ctx, study, trial, train_log, progress)
+
+
+def _check_limits(limits: Limits, ctx: DriverContext, study: optuna.Study, trial: optuna.Trial,
+                  config: TrialConfig, space: SearchSpace | None,
+                  ) -> optuna.trial.TrialState | None:
+    """Measure the trial's cost, set its constraints; its end state if it is not to be trained
+    (over the limits: PRUNED as INFEASIBLE; the measurement failed: FAIL), else None."""
     try:
         cost = trial_cost(study, ctx.runner, config, space)
     except BaseException as exc:  # the measurement failed: the trial fails (Ctrl-C: stops)
@@ -337,6 +366,12 @@ def _run_one(params: dict[str, Any], ctx: DriverContext, study: optuna.Study,
     if over:
         record.infeasible(study, trial, f"not trained: {over}")
         return optuna.trial.TrialState.PRUNED
+    return None
+
+
+def _train(config: TrialConfig, ctx: DriverContext, study: optuna.Study, trial: optuna.Trial,
+           train_log: TrainLog, progress: SearchProgress | None) -> optuna.trial.TrialState:
+    """Train and evaluate the trial (pruned through Optuna); record how it ended."""
 
     def report(epoch: int, row: dict[str, float]) -> None:
         if progress is not None:
