@@ -145,7 +145,8 @@ def test_non_terminal_search_prints_one_line_per_trial(run: dict) -> None:
     assert [line.split(" trial ")[0] for line in lines] == ["[1/3]", "[2/3]", "[3/3]"]
     for line in lines:
         assert re.search(r"trial \d COMPLETE val_acc=0\.\d{4} \| best 0\.\d{4} \(trial \d\) \| "
-                         r"backbone=efficientnet_lite0 .* \| \d+s elapsed(, ~\d+s left)?$", line)
+                         r"backbone=efficientnet_lite0 .* \| (\d+m)?\d+s elapsed"
+                         r"(, ~(\d+m)?\d+s left)?$", line)
     assert "\x1b[" not in run["search_out"]  # no terminal escapes in a log
 
 
@@ -206,7 +207,7 @@ def test_missing_weights_leave_a_note_and_the_other_sections(run: dict, tmp_path
     assert report.notes == [f"The test-split sections are missing: the weights of trial {best} "
                             f"({weights}) are missing; they may have been deleted. Re-run the "
                             "search to rebuild them."]
-    assert set(report.images) == {"history", "importances", "dimensions", "curves"}
+    assert set(report.images) == {"history", "cost", "importances", "dimensions", "curves"}
     assert sorted(p.stem for p in (results / "default" / "report").glob("*.png")) == sorted(
         report.images)  # the earlier report's test figures are gone with it
     assert 'class="note"' in report.html.read_text(encoding="utf-8")
