@@ -88,9 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="the study's data where it is now, if it moved since the "
                    "search (default: where the search read it)")
     e.add_argument("--out", required=True, help="output folder")
-    e.add_argument("--format", default="savedmodel", metavar="{savedmodel,tflite}",
-                   help="savedmodel (default), or tflite: model.tflite, checked against the "
-                   "Keras model on the test split, with its latency and size measured")
+    e.add_argument("--format", default="savedmodel", metavar="{savedmodel,tflite,onnx}",
+                   help="savedmodel (default), tflite (model.tflite) or onnx (model.onnx, needs "
+                   "automl[onnx]): checked against the Keras model on the test split, with "
+                   "its latency and size measured")
     e.add_argument("--quantize", default="none", metavar="{none,float16,int8}",
                    help="with --format tflite: float16 weights, or int8 post-training "
                    "quantization calibrated on training images (default none: float32)")
@@ -198,6 +199,9 @@ def cmd_export(a: argparse.Namespace) -> int:
     if a.format == "tflite":
         print(tflite_summary(report))
         return 0
+    if a.format == "onnx":
+        print(onnx_summary(report))
+        return 0
     test = ""
     if report.reloaded_test_accuracy is not None:
         test = (f", test accuracy {report.reloaded_test_accuracy:.4f} reloaded"
@@ -208,12 +212,16 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _test_accuracies(converted: float | None, keras: float | None, name: str) -> str:
+    """Both test accuracies for a summary line; empty without a test split."""
+    if converted is None:
+        return ""
+    return f"test accuracy {converted:.4f} ({name}) against {keras:.4f} (Keras); "
+
+
 def tflite_summary(r: Any) -> str:
     """What a TFLite export wrote and measured, in a few lines."""
-    acc = ""
-    if r.tflite_test_accuracy is not None:
-        acc = (f"test accuracy {r.tflite_test_accuracy:.4f} (TFLite) against "
-               f"{r.keras_test_accuracy:.4f} (Keras); ")
+    acc = _test_accuracies(r.tflite_test_accuracy, r.keras_test_accuracy, "TFLite")
     lines = [f"exported trial {r.trial} as TFLite ({r.quantize}) to {r.out}/model.tflite: "
              f"{acc}{r.size_mb:.2f} MB, batch-1 latency {r.latency_ms:.2f} ms "
              f"({r.interpreter}, {r.threads} threads); max difference from Keras "
@@ -224,6 +232,14 @@ def tflite_summary(r: Any) -> str:
                      f"{r.float32_latency_ms:.2f} ms ({r.float32_latency_ms / r.latency_ms:.2f}x "
                      f"the latency of {r.quantize})")
     return "\n".join(lines)
+
+
+def onnx_summary(r: Any) -> str:
+    """What an ONNX export wrote and measured, in one line."""
+    acc = _test_accuracies(r.onnx_test_accuracy, r.keras_test_accuracy, "ONNX")
+    return (f"exported trial {r.trial} as ONNX to {r.out}/model.onnx ({r.converter}): {acc}"
+            f"{r.size_mb:.2f} MB, batch-1 latency {r.latency_ms:.2f} ms ({r.runtime}, "
+            f"{r.threads} threads); max difference from Keras {r.max_abs_diff:.2g}")
 
 
 def cmd_predict(a: argparse.Namespace) -> int:

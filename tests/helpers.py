@@ -174,6 +174,78 @@ def run_cli_process(*args: str | Path, code: int = 0, env: Mapping[str, str] | N
     return done
 
 
+# --------------------------------------------------------------------- converted exports
+
+TINY_LITE0 = """\
+backbone: efficientnet_lite0
+image_size: 32
+freeze_depth: 1.0
+head_width: 32
+dropout: 0.1
+learning_rate: 3.0e-3
+augmentation: none
+"""
+
+
+def tiny_lite0_search(root: Path) -> Path:
+    """One finished trial on the embedded default (pretrained Lite0 at 32 px, 3 epochs) in
+    ``root/results``; returns that folder (what the converted-export tests export)."""
+    (root / "space.yaml").write_text(TINY_LITE0)
+    run_cli("search", "--space", root / "space.yaml", "--trials", "1", "--epochs", "3",
+            "--results", root / "results")
+    return root / "results"
+
+
+def default_test_images(count: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` test images of the embedded default at ``size`` (as the pipeline
+    resizes them) and the same images as stored (28x28x1 uint8)."""
+    from automl.data import pipeline
+    from automl.data.load import load_data
+
+    data = load_data(None)
+    images = np.stack(list(pipeline.images(data.test, size).take(count).as_numpy_iterator()))
+    return images, np.asarray(data.test.array[:count])
+
+
+def export_verified(results: Path, out: Path, fmt: str) -> tuple[str, dict[str, Any]]:
+    """``automl export --format fmt`` (float32) of :func:`tiny_lite0_search`'s trial to ``out``,
+    asserting what its automl.json must hold; returns what it printed and what it measured."""
+    import json
+
+    printed = run_cli("export", "--results", results, "--out", out, "--format", fmt).out
+    meta = json.loads((out / "automl.json").read_text())
+    measured = meta["measured"]
+    assert meta["format"] == fmt and meta["image_size"] == 32
+    assert measured["latency_ms"] > 0 and measured["size_mb"] > 1  # Lite0: about 3.4 M weights
+    assert measured["max_abs_diff"] <= 1e-4
+    accuracy = measured[f"{fmt}_test_accuracy"]
+    assert accuracy > 0.3  # 10 classes: chance is 0.1
+    assert abs(accuracy - measured["keras_test_accuracy"]) <= 1 / 1500  # one test image
+    return printed, measured
+
+
+def assert_same_predictions(exported: Path, saved: Path, originals: np.ndarray,
+                            folder: Path) -> None:
+    """``automl predict`` on ``exported`` gives the SavedModel ``saved``'s top labels (and
+    probabilities within 1e-4) for ``originals`` written as PNG files into ``folder``."""
+    import json
+
+    import pytest
+    from PIL import Image
+
+    files = []
+    for i, original in enumerate(originals):
+        pixels = original[..., 0] if original.shape[-1] == 1 else original
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+        files.append(folder / f"{i}.png")
+    from_exported = json.loads(run_cli("predict", exported, *files, "--json").out)
+    from_saved = json.loads(run_cli("predict", saved, *files, "--json").out)
+    for a, b in zip(from_exported, from_saved, strict=True):
+        assert a["predictions"][0]["label"] == b["predictions"][0]["label"]
+        assert a["predictions"][0]["probability"] == pytest.approx(
+            b["predictions"][0]["probability"], abs=1e-4)
+
+
 # ------------------------------------------------------------------------------------- models
 
 

@@ -7,9 +7,6 @@ order of ``labels.txt``.
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from automl.atomic import staged_folder
 from automl.config import TrialConfig
 from automl.data import pipeline
 from automl.errors import ConfigError, DataError
@@ -108,6 +106,7 @@ def export_trial(row: Any, class_names: list[str], weights_file: Path, out: Path
     """
     import tensorflow as tf
 
+    from automl.report.converted import describe
     from automl.trial.run import scores
     from automl.trial.serving import serving_module
 
@@ -115,18 +114,12 @@ def export_trial(row: Any, class_names: list[str], weights_file: Path, out: Path
     size = int(row["image_size"])
     module = serving_module(tm.inference, size, len(class_names))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent.resolve()))
-    try:
+    with staged_folder(out) as staging:
         tf.saved_model.save(module, str(staging), signatures={
             "serving_default": module.__call__.get_concrete_function(),
             "serving_uint8": module.predict_uint8.get_concrete_function()})
         tm.inference.save(str(staging / "model.keras"))
-        (staging / "labels.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
-        meta = {"trial": int(row["trial"]), "config": TrialConfig.from_params(
-            row.to_dict()).as_dict(), "classes": class_names, "image_size": size,
-            "input": SERVING_NOTE}
-        (staging / "automl.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        describe(staging, class_names, row, format="savedmodel", input=SERVING_NOTE)
         expected = module(tf.constant(check_images, tf.float32)).numpy()
         reloaded = tf.saved_model.load(str(staging))
         got = reloaded(tf.constant(check_images, tf.float32)).numpy()
@@ -150,12 +143,6 @@ def export_trial(row: Any, class_names: list[str], weights_file: Path, out: Path
                     f"export check failed: the reloaded SavedModel's test accuracy "
                     f"{reloaded_test:.4f} differs from the recorded {recorded:.4f}; nothing was "
                     "written.")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return ExportReport(out, int(row["trial"]), float(row["val_accuracy"]), recorded,
                         reloaded_test, diff)
 
@@ -172,21 +159,30 @@ def predict_batches(model: Any, batches: Any) -> np.ndarray:
     return np.concatenate([model(tf.cast(x, tf.float32)).numpy() for x, _ in batches])
 
 
+#: the model file of each export format, as ``automl export`` writes it
+MODEL_FILES = {"savedmodel": "saved_model.pb", "tflite": "model.tflite", "onnx": "model.onnx"}
+
+
 def load_exported(model_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarray], list[str]]:
-    """An exported model (a SavedModel or a TFLite export) as a function of one RGB image
-    (its probabilities), and its labels; ConfigError if the folder is not an export."""
+    """An exported model (a SavedModel, a TFLite or an ONNX export) as a function of one RGB
+    image (its probabilities), and its labels; ConfigError if the folder is not an export."""
     model_dir = Path(model_dir)
     labels = model_dir / "labels.txt"
-    tflite = (model_dir / "model.tflite").is_file()
-    if not ((model_dir / "saved_model.pb").is_file() or tflite) or not labels.is_file():
+    fmt = next((f for f, name in MODEL_FILES.items() if (model_dir / name).is_file()), None)
+    if fmt is None or not labels.is_file():
         raise ConfigError(f"{model_dir} is not a model exported by `automl export` (expected "
-                          "saved_model.pb or model.tflite, and labels.txt in it).")
+                          "saved_model.pb, model.tflite or model.onnx, and labels.txt in it).")
     names = labels.read_text(encoding="utf-8").splitlines()
-    if tflite:
-        from automl.report.tflite import TFLiteModel, resized_for
+    if fmt != "savedmodel":
+        content = (model_dir / MODEL_FILES[fmt]).read_bytes()
+        if fmt == "tflite":
+            from automl.report.tflite import TFLiteModel
 
-        model = TFLiteModel((model_dir / "model.tflite").read_bytes(), 1)
-        return (lambda image: model.probs(resized_for(model, image))[0]), names
+            return TFLiteModel(content, 1).predict_image, names
+        from automl.report.onnx_export import OnnxModel, require
+
+        require(("onnxruntime",), "an ONNX export (model.onnx)")
+        return OnnxModel(content, 1).predict_image, names
     import tensorflow as tf
 
     saved = tf.saved_model.load(str(model_dir))
@@ -234,12 +230,13 @@ def export_study(results: Path, study_name: str, storage: str | None, trial: int
     ``<results>/<study>/trials``), so any machine that reaches the storage and that folder can
     export. ``data`` is the study's data where it is now (default: where the search read it).
     ``fmt`` "tflite" writes a verified ``model.tflite`` (``quantize``: none, float16, int8) and
-    returns a :class:`~automl.report.tflite.TFLiteReport`; else an :class:`ExportReport`.
+    returns a :class:`~automl.report.tflite.TFLiteReport`; "onnx" a verified ``model.onnx``
+    (:class:`~automl.report.onnx_export.OnnxReport`); else an :class:`ExportReport`.
     """
     from automl.trial.tflite_convert import QUANTIZATIONS
 
-    if fmt not in ("savedmodel", "tflite"):
-        raise ConfigError(f"--format {fmt}: expected savedmodel or tflite.")
+    if fmt not in MODEL_FILES:
+        raise ConfigError(f"--format {fmt}: expected savedmodel, tflite or onnx.")
     if quantize not in QUANTIZATIONS:
         raise ConfigError(f"--quantize {quantize}: expected one of {', '.join(QUANTIZATIONS)}.")
     if quantize != "none" and fmt != "tflite":
@@ -252,7 +249,12 @@ def export_study(results: Path, study_name: str, storage: str | None, trial: int
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: that is a file; expected a folder to write the model to.")
-    if out.exists() and not (out / "saved_model.pb").is_file() and any(out.iterdir()):
+    if fmt == "onnx":
+        from automl.report.onnx_export import require
+
+        require()  # before any work: one line telling how to install what is missing
+    if out.exists() and not any((out / name).is_file() for name in MODEL_FILES.values()) \
+            and any(out.iterdir()):
         raise ConfigError(f"--out {out}: the folder exists and is not an earlier export; "
                           "choose an empty or new folder.")
     study = open_study(Path(results), study_name, storage, create=False)
@@ -287,13 +289,17 @@ def export_study(results: Path, study_name: str, storage: str | None, trial: int
             "accuracy is not compared with the recorded one", data.source)
         row = row.copy()
         row["test_accuracy"] = float("nan")
-    if fmt == "tflite":
-        from automl.report.tflite import calibration_images, export_tflite
-
+    if fmt != "savedmodel":
         tm = build_trained(row, class_names, weights, chosen.result)
         test_arrays = None if data.test is None else (
             np.stack(list(pipeline.images(data.test, size).as_numpy_iterator())),
             np.asarray(data.test.labels))
+        if fmt == "onnx":
+            from automl.report.onnx_export import export_onnx
+
+            return export_onnx(tm, row, class_names, out, val, test_arrays)
+        from automl.report.tflite import calibration_images, export_tflite
+
         calibration = calibration_images(data.train, size) if quantize == "int8" else None
         return export_tflite(tm, row, class_names, out, quantize, val, test_arrays, calibration)
     if data.test is not None:

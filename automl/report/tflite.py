@@ -9,25 +9,17 @@ Augmentation layers are never part of the exported graph (the inference model ha
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import statistics
-import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from automl.errors import ConfigError
+from automl.report.converted import ConvertedModel, check, default_threads, write_export
 from automl.trial.tflite_convert import convert
 
 TFLITE_NOTE = ("model.tflite: image [1, S, S, 3] float32 RGB 0..255 at the trial's size S "
                "-> probabilities")
-#: batch-1 calls timed (after the warm-up calls) for a latency figure: their median
-LATENCY_CALLS, LATENCY_WARMUP = 50, 10
 CALIBRATION_IMAGES = 200  # training images that calibrate int8 post-training quantization
 
 
@@ -61,8 +53,8 @@ def interpreter_class() -> tuple[Any, str]:
         return tf.lite.Interpreter, f"tensorflow {tf.__version__} tf.lite"
 
 
-class TFLiteModel:
-    """A converted model in an interpreter: probabilities and batch-1 latency."""
+class TFLiteModel(ConvertedModel):
+    """A converted model in an interpreter (fixed batch 1)."""
 
     def __init__(self, content: bytes, threads: int) -> None:
         cls, self.name = interpreter_class()
@@ -73,25 +65,10 @@ class TFLiteModel:
         self._out = self._it.get_output_details()[0]
         self.size = int(self._in["shape"][1])
 
-    def _call(self, image: np.ndarray) -> np.ndarray:
-        self._it.set_tensor(self._in["index"], image[None].astype(np.float32))
+    def _call(self, images: np.ndarray) -> np.ndarray:
+        self._it.set_tensor(self._in["index"], images)
         self._it.invoke()
-        return np.array(self._it.get_tensor(self._out["index"])[0])
-
-    def probs(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities of ``[n, S, S, 3]`` images (0..255), one interpreter call each."""
-        return np.stack([self._call(image) for image in images])
-
-    def latency_ms(self, image: np.ndarray) -> float:
-        """Median wall time of a batch-1 call (after warm-up calls), in milliseconds."""
-        for _ in range(LATENCY_WARMUP):
-            self._call(image)
-        times = []
-        for _ in range(LATENCY_CALLS):
-            start = time.perf_counter()
-            self._call(image)
-            times.append(time.perf_counter() - start)
-        return 1000.0 * statistics.median(times)
+        return np.array(self._it.get_tensor(self._out["index"]))
 
 
 def calibration_images(split: Any, size: int, count: int = CALIBRATION_IMAGES,
@@ -116,69 +93,21 @@ def export_tflite(tm: Any, row: Any, class_names: list[str], out: Path, quantize
     accuracies. Latency is measured with ``threads`` interpreter threads for the written model
     and for the float32 conversion of the same model (its size too), to compare.
     """
-    from automl.trial.run import scores
-
     size = int(row["image_size"])
     binary = len(class_names) == 2
-    threads = threads or min(4, os.cpu_count() or 1)
-
-    def keras_probs(images: np.ndarray) -> np.ndarray:
-        import tensorflow as tf
-
-        out = [tm.inference(tf.constant(images[i:i + 64], tf.float32), training=False).numpy()
-               for i in range(0, len(images), 64)]
-        p = np.concatenate(out)
-        return np.concatenate([1.0 - p, p], axis=1) if binary else p
-
+    threads = threads or default_threads()
     float_content = convert(tm.inference, size, binary, "none")
     content = float_content if quantize == "none" else convert(
         tm.inference, size, binary, quantize, calibration)
     model = TFLiteModel(content, threads)
-    reference = model if quantize == "none" else TFLiteModel(float_content, threads)
-    diff = float(np.max(np.abs(model.probs(check_images) - keras_probs(check_images))))
-    if quantize == "none" and not diff <= 1e-4:
-        raise ConfigError(f"export check failed: the TFLite model's probabilities differ from "
-                          f"the Keras model's by {diff:.3g}; nothing was written.")
-    keras_acc = tflite_acc = None
-    if test is not None:
-        images, labels = test
-        keras_acc = scores(keras_probs(images), labels)[1]
-        tflite_acc = scores(model.probs(images), labels)[1]
-    latency = model.latency_ms(check_images[0])
+    checked = check(model, tm.inference, binary, check_images, test, "TFLite",
+                    exact=quantize == "none")
+    float_latency = checked.latency_ms if quantize == "none" else \
+        TFLiteModel(float_content, threads).latency_ms(check_images[0])
     report = TFLiteReport(
         str(out), int(row["trial"]), quantize, model.name, threads, len(content) / 2**20,
-        latency, keras_acc, tflite_acc, diff, len(float_content) / 2**20,
-        latency if reference is model else reference.latency_ms(check_images[0]))
-    _write(Path(out), content, class_names, row, report)
+        checked.latency_ms, checked.keras_test_accuracy, checked.test_accuracy,
+        checked.max_abs_diff, len(float_content) / 2**20, float_latency)
+    write_export(Path(out), {"model.tflite": content}, class_names, row, "tflite", TFLITE_NOTE,
+                 asdict(report))
     return report
-
-
-def _write(out: Path, content: bytes, class_names: list[str], row: Any,
-           report: TFLiteReport) -> None:
-    """model.tflite, labels.txt and automl.json into ``out`` at once (a staging folder)."""
-    from automl.config import TrialConfig
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent.resolve()))
-    try:
-        (staging / "model.tflite").write_bytes(content)
-        (staging / "labels.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
-        meta = {"trial": report.trial, "format": "tflite",
-                "config": TrialConfig.from_params(row.to_dict()).as_dict(),
-                "classes": class_names, "image_size": int(row["image_size"]),
-                "input": TFLITE_NOTE, "measured": asdict(report)}
-        (staging / "automl.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def resized_for(model: TFLiteModel, image: np.ndarray) -> np.ndarray:
-    """One RGB image of any size as the model's ``[1, S, S, 3]`` input, resized exactly as the
-    training pipeline resizes (:func:`automl.data.images.resize_images`)."""
-    from automl.data.images import resize_images
-
-    return np.asarray(resize_images(image[None], model.size), np.float32)

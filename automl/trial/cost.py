@@ -25,6 +25,7 @@ import io
 import json
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -39,13 +40,16 @@ THROUGHPUT_BATCH, THROUGHPUT_CALLS = 32, 3
 _HEAD_REPEATS, _HEAD_CALLS = 200, 5
 
 
-def _median_ms(fn: Any, x: Any, calls: int, warmup: int) -> float:
+def median_ms(call: Callable[[], Any], calls: int = LATENCY_CALLS,
+              warmup: int = LATENCY_WARMUP) -> float:
+    """Median wall time of ``calls`` calls of ``call`` (after ``warmup`` untimed ones), in ms:
+    the one latency rule of the cost measurement and of the verified exports."""
     for _ in range(warmup):
-        fn(x).numpy()
+        call()
     times = []
     for _ in range(calls):
         start = time.perf_counter()
-        fn(x).numpy()
+        call()
         times.append(time.perf_counter() - start)
     return 1000.0 * statistics.median(times)
 
@@ -120,8 +124,8 @@ def head_costs(features: int, widths: list[int], n_classes: int) -> dict[int, di
 
         hidden_fn = tf.function(lambda v, h=hidden, o=output: chained(v, lambda u: o(h(u))))
         linear_fn = tf.function(lambda v, lin=linear: chained(v, lin))
-        with_hidden = _median_ms(hidden_fn, x, _HEAD_CALLS, 2)
-        without = _median_ms(linear_fn, x, _HEAD_CALLS, 2)
+        with_hidden = median_ms(lambda f=hidden_fn: f(x).numpy(), _HEAD_CALLS, 2)
+        without = median_ms(lambda f=linear_fn: f(x).numpy(), _HEAD_CALLS, 2)
         extra = features * width + width + (width - features) * n_classes
         out[width] = {"params": int(extra),
                       "latency_ms": max(0.0, with_hidden - without) / _HEAD_REPEATS}
@@ -154,8 +158,8 @@ def measure(backbone: str, image_size: int, n_classes: int, head_widths: list[in
         one = tf.constant(rng.uniform(0, 255, (1, image_size, image_size, 3)), tf.float32)
         many = tf.constant(rng.uniform(0, 255, (THROUGHPUT_BATCH, image_size, image_size, 3)),
                            tf.float32)
-        latency = _median_ms(call, one, LATENCY_CALLS, LATENCY_WARMUP)
-        batch_ms = _median_ms(call, many, THROUGHPUT_CALLS, 1)
+        latency = median_ms(lambda: call(one).numpy())
+        batch_ms = median_ms(lambda: call(many).numpy(), THROUGHPUT_CALLS, 1)
         part = {"latency_ms": latency, "throughput_ips": THROUGHPUT_BATCH * 1000.0 / batch_ms,
                 "params": int(tm.inference.count_params()),
                 "tflite_bytes": _tflite_bytes(tm.inference, image_size, backbone,
