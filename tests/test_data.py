@@ -83,6 +83,43 @@ def test_default_split_depends_on_seed(default):
     assert len(no_test.train) == 8500
 
 
+def test_default_carve_keeps_identical_images_in_one_split(default):
+    """Issue 17: the embedded data repeats images (62 test and 62 validation images of the old
+    carve were byte-identical to training images); the grouped carve puts every copy in the
+    split of its first image, so no split shares an image with another."""
+    hashes = {name: set(split.hashes.tolist()) for name, split in default.splits().items()}
+    assert not hashes["train"] & hashes["test"] and not hashes["train"] & hashes["validation"]
+    assert not hashes["validation"] & hashes["test"] and default.test_twins() == 0
+    assert len(hashes["train"]) < len(default.train)  # repeats within train stay there
+    # the fingerprint hashes the carve: a study recorded on the old carve is refused
+    assert default.fingerprint != "39641d82fff53f1a"  # load_data(None) before the grouped carve
+
+
+def test_splits_name_each_image_by_its_place_in_the_source(default, tmp_path):
+    pool = read_animal_mnist().pools["train"]
+    for split in default.splits().values():
+        assert np.array_equal(pool.array[split.index], split.array)
+        assert split.source_names()[:2] == [f"animal_mnist[{i}]" for i in split.index[:2]]
+    x = np.arange(20 * 4, dtype=np.uint8).reshape(20, 2, 2, 1)
+    y = np.arange(20) % 2
+    data = load_data(write_npz(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:4],
+                               y_test=y[:4]), val_split=0.2)
+    assert data.validation.source_names()[0].startswith("x_train[")
+    for split in (data.train, data.validation):  # indices into x_train, before the carve
+        assert np.array_equal(x[split.index], split.array)
+    assert data.test.source_names() == [f"x_test[{i}]" for i in range(4)]
+    assert data.test_twins() == 4 - int(np.isin(np.arange(4), data.validation.index).sum())
+
+
+def test_given_splits_are_checked_never_changed(tmp_path):
+    x = np.arange(30 * 4, dtype=np.uint8).reshape(30, 2, 2, 1)
+    y = np.arange(30) % 3
+    data = load_data(write_npz(tmp_path / "d.npz", x_train=x, y_train=y, x_val=x[:6],
+                               y_val=y[:6], x_test=x[:9], y_test=y[:9]))
+    assert np.array_equal(data.train.array, x) and np.array_equal(data.test.array, x[:9])
+    assert data.test_twins() == 9
+
+
 def test_default_images_cached_and_exact(default):
     split = default.test
     start = time.perf_counter()

@@ -5,13 +5,35 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from automl.data.load import _stratified
-from automl.data.sources import ANIMAL_MNIST_CLASSES, read_animal_mnist
+import math
+
+from automl.data.sources import ANIMAL_MNIST_CLASSES, Pool, read_animal_mnist
 from automl.errors import DataError
 from automl.trust.leakage import content_hash
 from automl.trust.split import group_ids, grouped_stratified
 
 FRACTIONS = {"validation": 0.15, "test": 0.15}
+
+
+def _stratified(pool: Pool, fractions: dict[str, float], seed: int,
+                class_names: list[str]) -> dict[str, np.ndarray]:
+    """The carve automl used before the grouped one (issue 17), kept as the reference: per
+    class, shuffle with the seed, then take round(n * fraction) (at least 1) per split."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], **{name: [] for name in fractions}}
+    for c in range(len(class_names)):
+        members = rng.permutation(np.flatnonzero(pool.labels == c))
+        n = len(members)
+        counts = {name: max(1, math.floor(n * f + 0.5)) for name, f in fractions.items()}
+        while sum(counts.values()) > n - 1:  # leave at least one training image
+            largest = max(counts, key=lambda s: counts[s])
+            counts[largest] -= 1
+        start = 0
+        for name, count in counts.items():
+            parts[name].append(members[start:start + count])
+            start += count
+        parts["train"].append(members[start:])
+    return {name: np.sort(np.concatenate(p)) for name, p in parts.items()}
 
 
 @pytest.fixture(scope="module")

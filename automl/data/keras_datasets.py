@@ -29,6 +29,8 @@ def read_keras_dataset(name: str) -> RawData:
         return x[..., None] if x.ndim == 3 else x
 
     return RawData(list(KERAS_DATASETS[name]), {
-        "train": array_pool(f"{name} training images", to_images(x_train), y_train.reshape(-1)),
-        "test": array_pool(f"{name} test images", to_images(x_test), y_test.reshape(-1)),
+        "train": array_pool(f"{name} training images", to_images(x_train), y_train.reshape(-1),
+                             "x_train"),
+        "test": array_pool(f"{name} test images", to_images(x_test), y_test.reshape(-1),
+                            "x_test"),
     })

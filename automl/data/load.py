@@ -15,8 +15,14 @@ Sources (``load_data(source)``):
 
 Splits a source does not provide are carved out of its training pool, stratified by class and
 deterministic for a given seed: validation with ``val_split``, and, only when the source has no
-validation split of its own, test with ``test_split`` (0 means no test split). A source that
-brings its own validation split is used as given.
+validation split of its own, test with ``test_split`` (0 means no test split). The carve is
+grouped by content hash (:func:`automl.trust.split.grouped_stratified`): byte-identical images
+always land in the same split, so a test image never has an exact twin in train that automl
+put there. A source that brings its own validation split is used as given (checked, never
+changed: see ``Datasets.test_twins`` and ``automl inspect``).
+
+Every split keeps, per image, its position in the array or listing the source gave (before any
+carving) and its content hash (``Split.index``, ``Split.hashes``).
 
 Files that cannot be decoded are skipped, reported by ONE ``DataWarning`` (a ``UserWarning``
 issued with :func:`warnings.warn`) and listed in ``Datasets.skipped``. Every problem with the
@@ -26,7 +32,6 @@ input is raised as :class:`automl.errors.DataError`.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import warnings
 from pathlib import Path
@@ -43,6 +48,7 @@ from automl.data.sources import (
 )
 from automl.data.splits import Datasets, Split
 from automl.errors import DataError
+from automl.trust.split import group_ids, grouped_stratified
 
 __all__ = ["DataWarning", "describe_source", "load_data"]
 
@@ -84,11 +90,15 @@ def load_data(source: str | os.PathLike | None, *, val_split: float = 0.15,
             carve["test"] = float(test_split)
     for pool in pools.values():
         _check_all_classes(pool, raw.class_names)
+    hashes = {name: pool.content_hashes() for name, pool in pools.items()}
     indices: dict[str, tuple[str, np.ndarray | None]] = {name: (name, None) for name in pools}
     if carve:
-        parts = _stratified(pools["train"], carve, int(seed), raw.class_names)
+        train = pools["train"]
+        parts = grouped_stratified(train.labels, group_ids(hashes["train"].tolist()), carve,
+                                   int(seed), raw.class_names, where=train.where)
         indices.update({name: ("train", idx) for name, idx in parts.items()})
-    splits = {name: _make_split(name, pools[pool], idx) for name, (pool, idx) in indices.items()}
+    splits = {name: _make_split(name, pools[pool], idx, hashes[pool])
+              for name, (pool, idx) in indices.items()}
 
     h = hashlib.blake2b(digest_size=8)
     for part in (_FINGERPRINT_VERSION, repr(raw.class_names), repr(sorted(carve.items())),
@@ -165,36 +175,14 @@ def _check_all_classes(pool: Pool, class_names: list[str]) -> None:
                         "split needs at least one image of every class.")
 
 
-def _stratified(pool: Pool, fractions: dict[str, float], seed: int,
-                class_names: list[str]) -> dict[str, np.ndarray]:
-    """Per class: shuffle with the seed, then take round(n * fraction) (at least 1) per split."""
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {"train": [], **{name: [] for name in fractions}}
-    for c, class_name in enumerate(class_names):
-        members = rng.permutation(np.flatnonzero(pool.labels == c))
-        n = len(members)
-        if n < 1 + len(fractions):
-            wanted = ", ".join(["train", *fractions])
-            hint = " or set test_split=0" if "test" in fractions else ""
-            raise DataError(f"Class '{class_name}' has only {n} image(s) in {pool.where}: too few "
-                            f"to put at least one in each split ({wanted}). Add images to that "
-                            f"class{hint}.")
-        counts = {name: max(1, math.floor(n * f + 0.5)) for name, f in fractions.items()}
-        while sum(counts.values()) > n - 1:  # leave at least one training image
-            largest = max(counts, key=lambda s: counts[s])
-            counts[largest] -= 1
-        start = 0
-        for name, count in counts.items():
-            parts[name].append(members[start:start + count])
-            start += count
-        parts["train"].append(members[start:])
-    return {name: np.sort(np.concatenate(p)) for name, p in parts.items()}
-
-
-def _make_split(name: str, pool: Pool, idx: np.ndarray | None) -> Split:
+def _make_split(name: str, pool: Pool, idx: np.ndarray | None, hashes: np.ndarray) -> Split:
+    """The split ``name`` of the images of ``pool`` at ``idx`` (all of them: None)."""
+    index = np.arange(len(pool.labels)) if idx is None else np.asarray(idx, np.int64)
+    where = {"index": index, "origin": pool.origin, "hashes": hashes[index]}
     if idx is None:
-        return Split(name, pool.labels, array=pool.array, paths=pool.paths, use_pil=pool.use_pil)
+        return Split(name, pool.labels, array=pool.array, paths=pool.paths, use_pil=pool.use_pil,
+                     **where)
     if pool.array is not None:
-        return Split(name, pool.labels[idx], array=pool.array[idx])
+        return Split(name, pool.labels[idx], array=pool.array[idx], **where)
     return Split(name, pool.labels[idx], paths=[pool.paths[i] for i in idx],
-                 use_pil=pool.use_pil[idx])
+                 use_pil=pool.use_pil[idx], **where)

@@ -62,6 +62,22 @@ class Pool:
     array: np.ndarray | None = None   # uint8 (n, h, w, 1 or 3), in memory
     paths: list[str] | None = None    # image files, decodable
     use_pil: np.ndarray | None = None  # bool (n,): decode this file with PIL, not TensorFlow
+    origin: str = ""                  # an array pool's name for its images, e.g. "x_train"
+
+    def content_hashes(self) -> np.ndarray:
+        """One content hash per image (of a file's bytes, or of an array image), in order; equal
+        hashes mean byte-identical images (automl.trust.leakage.content_hash)."""
+        from automl.trust.leakage import content_hash
+
+        if self.array is not None:
+            return np.array([content_hash(image) for image in self.array], dtype="U32")
+        out = []
+        for path in self.paths or []:
+            try:
+                out.append(content_hash(Path(path).read_bytes()))
+            except OSError as exc:
+                raise DataError(f"Image file '{path}' cannot be read ({exc.strerror}).") from exc
+        return np.array(out, dtype="U32")
 
 
 @dataclass
@@ -79,10 +95,12 @@ def _digest(*parts: bytes | str) -> str:
     return h.hexdigest()
 
 
-def array_pool(where: str, x: np.ndarray, y: np.ndarray) -> Pool:
+def array_pool(where: str, x: np.ndarray, y: np.ndarray, origin: str) -> Pool:
+    """A pool of in-memory images; ``origin`` names the array for the user (``x_train``)."""
     x = np.ascontiguousarray(x)
     y = np.ascontiguousarray(y, dtype=np.int32)
-    return Pool(where, y, _digest(str(x.shape), x.tobytes(), y.tobytes()), array=x)
+    return Pool(where, y, _digest(str(x.shape), x.tobytes(), y.tobytes()), array=x,
+                origin=origin)
 
 
 # ---------------------------------------------------------------- embedded default: Animal-MNIST
@@ -137,7 +155,8 @@ def read_animal_mnist() -> RawData:
                         f"(images {x.shape} {x.dtype}, labels {y.shape} {y.dtype}); reinstall with "
                         "`pip install --force-reinstall animal-mnist`.")
     return RawData(list(ANIMAL_MNIST_CLASSES),
-                   {"train": array_pool("the Animal-MNIST images", x[..., None], y)})
+                   {"train": array_pool("the Animal-MNIST images", x[..., None], y,
+                                        "animal_mnist")})
 
 
 # ------------------------------------------------------------------------------------- .npz
@@ -207,7 +226,9 @@ def read_npz(path: Path) -> RawData:
                         f"{len(ys['train'])} training images; every class needs images in y_train.")
     names = names if names is not None else [str(i) for i in range(k)]
     where = {"train": "x_train/y_train", "validation": "x_val/y_val", "test": "x_test/y_test"}
-    return RawData(names, {s: array_pool(f"{where[s]} in '{path}'", xs[s], ys[s]) for s in xs})
+    origin = {split: xk for split, xk, _ in _NPZ_SPLITS}
+    return RawData(names, {s: array_pool(f"{where[s]} in '{path}'", xs[s], ys[s], origin[s])
+                           for s in xs})
 
 
 def _npz_array(npz, key: str, path: Path) -> np.ndarray:

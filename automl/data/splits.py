@@ -23,6 +23,11 @@ class Split:
     array: np.ndarray | None = field(default=None, repr=False)    # uint8 (n, h, w, 1|3)
     paths: list[str] | None = field(default=None, repr=False)     # image files, label order
     use_pil: np.ndarray | None = field(default=None, repr=False)  # per file: decode with PIL
+    # where each image came from: its position in the array the source gave (``origin``, e.g.
+    # "x_train"), before any split was carved; and its content hash (equal: byte-identical)
+    index: np.ndarray | None = field(default=None, repr=False)
+    origin: str = ""
+    hashes: np.ndarray | None = field(default=None, repr=False)
     _cache: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -36,6 +41,14 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def source_names(self) -> list[str]:
+        """Each image as the user knows it: its file, or ``<origin>[<index>]`` into the array
+        the source gave (``x_train[123]``, ``animal_mnist[42]``)."""
+        if self.paths is not None:
+            return list(self.paths)
+        index = self.index if self.index is not None else np.arange(len(self))
+        return [f"{self.origin}[{i}]" for i in np.asarray(index).tolist()]
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (to a trial worker) without its resized-image caches: they are rebuilt."""
@@ -86,6 +99,13 @@ class Datasets:
     def splits(self) -> dict[str, Split]:
         """The present splits, in SPLITS order."""
         return {name: s for name in SPLITS if (s := getattr(self, name)) is not None}
+
+    def test_twins(self) -> int:
+        """How many test images are byte-identical to a training image (0 without a test
+        split or content hashes)."""
+        if self.test is None or self.test.hashes is None or self.train.hashes is None:
+            return 0
+        return int(np.isin(self.test.hashes, self.train.hashes).sum())
 
 
 def image_cache_dir(use: str | None = None) -> str:

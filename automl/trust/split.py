@@ -1,8 +1,9 @@
 """A grouped, stratified carve of splits: images of one group (e.g. the same content hash)
 always land in the same split, and each class keeps its proportions approximately.
 
-With every group a single image it carves exactly what ``automl.data.load._stratified`` carves
-for the same seed, so it can replace that carve without moving data that has no duplicates.
+With every group a single image it carves exactly what automl carved before it (a plain
+per-class shuffle and cut, kept as the reference in ``tests/test_trust_split.py``), so data
+without duplicates keeps its splits, and its fingerprint.
 """
 
 from __future__ import annotations
@@ -71,7 +72,10 @@ def grouped_stratified(labels: np.ndarray, groups: np.ndarray, fractions: dict[s
         if len(shuffled) < 1 + len(fractions):
             wanted = ", ".join(["train", *fractions])
             hint = " or set test_split=0" if "test" in fractions else ""
-            raise DataError(f"Class '{class_name}' has only {len(shuffled)} distinct image(s) in "
+            n = int(sizes[shuffled].sum())
+            count = (f"{len(shuffled)} image(s)" if n == len(shuffled) else
+                     f"{len(shuffled)} distinct image(s) ({n} with copies)")
+            raise DataError(f"Class '{class_name}' has only {count} in "
                             f"{where}: too few to put at least one in each split ({wanted}). "
                             f"Add images to that class{hint}.")
         n = int(sizes[shuffled].sum())
