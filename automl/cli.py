@@ -108,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--data", help="the study's data where it is now, if it moved since the "
                    "search (default: where the search read it)")
 
+    i = sub.add_parser("inspect", help="rank label issues and find duplicates across splits "
+                       "(results/<study>/label_issues.csv, duplicates.csv)")
+    _study_args(i)
+    i.add_argument("--data", help="the study's data where it is now, if it moved since the "
+                   "search (default: where the search read it)")
+
     b = sub.add_parser("backbones", help="list the backbones and where their weights come from")
     b.add_argument("--weights-dir", help="folder of Keras weights files to consider")
     return p
@@ -209,6 +215,8 @@ def cmd_export(a: argparse.Namespace) -> int:
                 if report.recorded_test_accuracy is not None else "")
     print(f"exported trial {report.trial} (val accuracy {report.val_accuracy:.4f}{test}) to "
           f"{report.out}; reload check passed (max difference {report.max_abs_diff:.2g})")
+    if report.calibration is not None:
+        print(f"calibrated: {report.calibration.describe()}")
     return 0
 
 
@@ -284,8 +292,32 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(a: argparse.Namespace) -> int:
+    from automl.report.inspect import inspect_study
+
+    found = inspect_study(Path(a.results), a.study, a.storage, a.artifacts, a.data)
+    cached = (f"extracted for {', '.join(found.extracted)}" if found.extracted
+              else "from the feature cache")
+    print(f"inspected with trial {found.trial}'s backbone: {found.backbone} at "
+          f"{found.image_size} px (pooled activations {cached})")
+    labels = found.labels
+    print(f"label issues: {len(labels)} training and validation images ranked, most suspicious "
+          "first:")
+    for row in labels.head(5).itertuples():
+        print(f"  {row.source} ({row.split}): given {row.given}, suggested {row.suggested}, "
+              f"score {row.score:.4f}")
+    print(f"duplicates: {len(found.pairs)} pair(s)")
+    for row in found.counts.itertuples():
+        print(f"  {row.split_a}-{row.split_b}: {row.pairs} pair(s), {row.exact} exact; "
+              f"{row.images_b} {row.split_b} image(s) ({row.share_b:.1%}) have a twin in "
+              f"{row.split_a}")
+    print("wrote " + ", ".join(str(p) for p in found.files))
+    return 0
+
+
 COMMANDS = {"search": cmd_search, "leaderboard": cmd_leaderboard, "export": cmd_export,
-            "predict": cmd_predict, "backbones": cmd_backbones, "report": cmd_report}
+            "predict": cmd_predict, "backbones": cmd_backbones, "report": cmd_report,
+            "inspect": cmd_inspect}
 
 
 def _needs_tensorflow(args: argparse.Namespace) -> bool:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
-
-import math
 
 from automl.data.sources import ANIMAL_MNIST_CLASSES, Pool, read_animal_mnist
 from automl.errors import DataError

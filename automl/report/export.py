@@ -2,7 +2,8 @@
 
 The SavedModel takes a batch of RGB images (uint8 or float, 0..255) of any height and width,
 resizes them inside the graph exactly as training did, and returns class probabilities in the
-order of ``labels.txt``.
+order of ``labels.txt``, calibrated by a temperature fitted on the validation split
+(:mod:`automl.report.calibrate`; T, NLL and ECE before and after are in ``automl.json``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from automl.data import pipeline
 from automl.errors import ConfigError, DataError
 from automl.search.record import StudyRecord
 
-SERVING_NOTE = "serving_default: images [batch, height, width, 3] float32 0..255 -> probabilities"
+SERVING_NOTE = ("serving_default: images [batch, height, width, 3] float32 0..255 -> "
+                "probabilities, calibrated (softmax(log p / temperature))")
+CHECK_TOLERANCE = 1e-5  # reloaded float SavedModel against the calibrated in-memory model
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class ExportReport:
     recorded_test_accuracy: float | None
     reloaded_test_accuracy: float | None
     max_abs_diff: float
+    calibration: Any = None  # automl.report.calibrate.Calibration, or None (not calibrated)
 
 
 def pick_trial(board: Any, trial: int | None) -> Any:
@@ -96,36 +100,55 @@ def build_trained(row: Any, class_names: list[str], weights_file: Path,
 
 def export_trial(row: Any, class_names: list[str], weights_file: Path, out: Path,
                  check_images: np.ndarray, test: tuple[Any, np.ndarray | None] | None = None,
-                 result: dict[str, Any] | None = None) -> ExportReport:
+                 result: dict[str, Any] | None = None,
+                 calibrate_on: tuple[Any, Any] | None = None) -> ExportReport:
     """Write ``out`` (SavedModel, model.keras, labels.txt, automl.json) and verify the round trip.
 
-    ``check_images`` (a few validation images, uint8 HxWx3) are predicted in memory and by the
-    reloaded SavedModel; any difference above 1e-4 fails the export and leaves ``out`` untouched.
-    ``test`` (a batched (images, labels) dataset, and the labels) re-measures test accuracy with
-    the reloaded model; a difference of more than one image fails the export.
+    ``calibrate_on`` (the validation and test ``Split``, test may be None): a temperature is
+    fitted on the validation split's probabilities and kept inside the SavedModel's graph
+    (:func:`automl.report.calibrate.calibrate`); T and the test NLL and ECE before and after go
+    into automl.json. ``check_images`` (a few validation images, uint8 HxWx3) are predicted by
+    the reloaded SavedModel and compared with the in-memory model's calibrated probabilities;
+    any difference above 1e-5 fails the export and leaves ``out`` untouched. ``test`` (a batched
+    (images, labels) dataset, and the labels) re-measures test accuracy with the reloaded model;
+    a difference of more than one image fails the export.
     """
     import tensorflow as tf
 
+    from automl.report.calibrate import calibrate, calibrated, predict_probabilities
     from automl.report.converted import describe
+    from automl.report.metrics import as_multiclass
     from automl.trial.run import scores
     from automl.trial.serving import serving_module
 
     tm = build_trained(row, class_names, weights_file, result)
     size = int(row["image_size"])
-    module = serving_module(tm.inference, size, len(class_names))
+    calibration = None
+    if calibrate_on is not None:
+        val_split, test_split = calibrate_on
+        calibration = calibrate(
+            predict_probabilities(tm, val_split, size), val_split.labels,
+            None if test_split is None else predict_probabilities(tm, test_split, size),
+            None if test_split is None else test_split.labels)
+    temperature = None if calibration is None else calibration.temperature
+    module = serving_module(tm.inference, size, len(class_names), temperature)
     out = Path(out)
     with staged_folder(out) as staging:
         tf.saved_model.save(module, str(staging), signatures={
             "serving_default": module.__call__.get_concrete_function(),
             "serving_uint8": module.predict_uint8.get_concrete_function()})
         tm.inference.save(str(staging / "model.keras"))
-        describe(staging, class_names, row, format="savedmodel", input=SERVING_NOTE)
-        expected = module(tf.constant(check_images, tf.float32)).numpy()
+        describe(staging, class_names, row, format="savedmodel", input=SERVING_NOTE,
+                 calibration=None if calibration is None else calibration.as_dict())
+        expected = as_multiclass(tm.inference.predict(check_images.astype(np.float32),
+                                                      verbose=0))
+        if temperature is not None:
+            expected = calibrated(expected, temperature)
         reloaded = tf.saved_model.load(str(staging))
         got = reloaded(tf.constant(check_images, tf.float32)).numpy()
         got8 = reloaded.predict_uint8(tf.constant(check_images, tf.uint8)).numpy()
         diff = float(max(np.max(np.abs(expected - got)), np.max(np.abs(expected - got8))))
-        if not diff <= 1e-4:
+        if not diff <= CHECK_TOLERANCE:
             raise ConfigError(f"export check failed: the reloaded SavedModel's predictions differ "
                               f"from the trained model's by {diff:.3g}; nothing was written.")
         odd = tf.image.resize(check_images[:2], (size + 7, size * 2 - 3)).numpy()
@@ -144,7 +167,7 @@ def export_trial(row: Any, class_names: list[str], weights_file: Path, out: Path
                     f"{reloaded_test:.4f} differs from the recorded {recorded:.4f}; nothing was "
                     "written.")
     return ExportReport(out, int(row["trial"]), float(row["val_accuracy"]), recorded,
-                        reloaded_test, diff)
+                        reloaded_test, diff, calibration)
 
 
 def _recorded_test(row: Any) -> float | None:
@@ -304,4 +327,5 @@ def export_study(results: Path, study_name: str, storage: str | None, trial: int
         return export_tflite(tm, row, class_names, out, quantize, val, test_arrays, calibration)
     if data.test is not None:
         test = (pipeline.dataset(data.test, size, 256), data.test.labels)
-    return export_trial(row, class_names, weights, out, val, test, chosen.result)
+    return export_trial(row, class_names, weights, out, val, test, chosen.result,
+                        calibrate_on=(data.validation, data.test))

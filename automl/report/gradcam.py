@@ -21,6 +21,7 @@ import numpy as np
 from automl.trial.model import TransferModel
 
 MIN_SIDE = 4  # cells a side the heatmap's feature map should have
+FLAT = 0.05   # a map whose values span less than this (of 0..1) localises nothing
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,17 @@ class GradCam:
     probs: np.ndarray      # float32 [n, n_classes]: the model's probabilities
     layer: str             # the backbone layer whose activation was used
     grid: tuple[int, int]  # that activation's spatial size
+
+
+def flat_maps(heatmaps: np.ndarray, spread: float = FLAT) -> np.ndarray:
+    """Per map: True when it is (nearly) uniform, e.g. all zero after the ReLU, so it shows no
+    place the class evidence comes from.
+
+    >>> flat_maps(np.stack([np.zeros((4, 4)), np.eye(4)])).tolist()
+    [True, False]
+    """
+    maps = np.asarray(heatmaps, dtype=np.float64).reshape(len(heatmaps), -1)
+    return (maps.max(axis=1) - maps.min(axis=1)) < spread
 
 
 def _backbone(tm: TransferModel) -> Any:

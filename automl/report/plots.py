@@ -171,8 +171,10 @@ def gallery_figure(images: np.ndarray, titles: Sequence[str], heading: str,
 
 
 def gradcam_figure(images: np.ndarray, heatmaps: np.ndarray, titles: Sequence[str],
-                   heading: str, cols: int = 4) -> Figure:
-    """Each image beside its Grad-CAM heatmap laid over it."""
+                   heading: str, cols: int = 4, flat: Sequence[bool] | None = None) -> Figure:
+    """Each image beside its Grad-CAM heatmap laid over it; a ``flat`` map (uniform: it
+    localises nothing) says so on its tile."""
+    flat = list(flat) if flat is not None else [False] * len(images)
     rows = max(1, math.ceil(len(images) / cols))
     fig = Figure(figsize=(4.2 * cols, 2.8 * rows))
     axes = fig.subplots(rows, 2 * cols, squeeze=False)
@@ -183,6 +185,11 @@ def gradcam_figure(images: np.ndarray, heatmaps: np.ndarray, titles: Sequence[st
         right.imshow(np.asarray(image, dtype=np.uint8))
         right.imshow(heat, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
         right.set_title("Grad-CAM", fontsize=8)
+        if flat[k]:
+            right.set_title("Grad-CAM: flat map", fontsize=8, color="#8a4b00")
+            right.text(0.5, 0.5, "flat map:\nno localised\nevidence", ha="center", va="center",
+                       fontsize=8, transform=right.transAxes,
+                       bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "#8a4b00"})
     for ax in axes.ravel():
         ax.axis("off")
     fig.suptitle(heading)
@@ -215,4 +222,29 @@ def cost_figure(board: pd.DataFrame, max_latency_ms: float | None = None) -> Fig
     ax.set_title("Accuracy against latency")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+    return fig
+
+
+def reliability_figure(bins: pd.DataFrame, title: str) -> Figure:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, before and
+    after calibration (``bins``: automl.report.calibrate.reliability), and the diagonal."""
+    fig = Figure(figsize=(9, 4))
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    for ax, which in zip(axes, ("before", "after"), strict=True):
+        part = bins[(bins["which"] == which) & (bins["count"] > 0)]
+        width = float((bins["upper"] - bins["lower"]).iloc[0])
+        ax.bar(part["lower"], part["accuracy"], width=width, align="edge", color="#4c72b0",
+               edgecolor="white", label="accuracy")
+        ax.bar(part["lower"], part["confidence"] - part["accuracy"], width=width,
+               bottom=part["accuracy"], align="edge", color="#dd8452", alpha=0.5,
+               label="gap to confidence")
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top class)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{which} temperature scaling", fontsize=10)
+        ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
     return fig

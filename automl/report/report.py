@@ -2,9 +2,11 @@
 
 Sections: the leaderboard and per-backbone summary, optimisation history, Optuna's parameter
 importances, validation accuracy against each dimension, the best trial's training curves, and on
-the test split for the best trial: confusion matrix, per-class precision/recall/F1, the most
-confident mistakes and Grad-CAM heatmaps. The best model is rebuilt by ``export.build_trained``
-(the search's own builder) from its kept weights.
+the test split for the best trial: confusion matrix, per-class precision/recall/F1, calibration
+(a temperature fitted on the validation split as ``automl export`` fits it: ECE and NLL before
+and after, a reliability diagram), the most confident mistakes and Grad-CAM heatmaps; then, when
+``automl inspect`` has written them, the label issues and duplicates. The best model is rebuilt
+by ``export.build_trained`` (the search's own builder) from its kept weights.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ log = logging.getLogger("automl")
 TOP = 20
 MISTAKES = 12
 GRADCAM_IMAGES = 8
+TRUST_TOP = 12     # label issues shown with thumbnails
+TRUST_PAIRS = 9    # duplicate pairs across splits shown side by side
+THUMB = 64         # pixels a side of those thumbnails
 BOARD_COLUMNS = ["trial", "state", "val_accuracy", "test_accuracy", *DIMENSIONS, "latency_ms",
                  "size_mb", "epochs", "best_phase", "train_seconds", "stage"]
 FRONT_COLUMNS = ["trial", "val_accuracy", "test_accuracy", "latency_ms", "size_mb", "params",
@@ -50,6 +55,8 @@ class TestEvaluation:
     probs: np.ndarray            # [n, n_classes]
     confusion: np.ndarray        # [true, predicted] counts
     recorded_accuracy: float | None  # what the search measured (the leaderboard)
+    calibration: Any = None      # automl.report.calibrate.Calibration (fitted on validation)
+    calibrated: np.ndarray | None = None  # probs with that temperature: the export's outputs
 
     @property
     def accuracy(self) -> float:
@@ -87,8 +94,13 @@ class _Page:
         self.parts.append(f'<p class="note">{html.escape(text)}</p>')
 
     def table(self, frame: pd.DataFrame) -> None:
-        self.parts.append(frame.to_html(index=False, na_rep="", border=0, classes="table",
-                                        float_format=lambda v: f"{v:.4g}"))
+        """A table in a box that scrolls sideways when it is wider than the page."""
+        self.parts.append('<div class="scroll">' + frame.to_html(
+            index=False, na_rep="", border=0, classes="table",
+            float_format=lambda v: f"{v:.4g}") + "</div>")
+
+    def link(self, text: str, href: str) -> None:
+        self.parts.append(f'<p><a href="{html.escape(href)}">{html.escape(text)}</a></p>')
 
     def image(self, key: str, fig: Any, alt: str) -> None:
         from automl.report.plots import png
@@ -124,6 +136,7 @@ def build_report(results: Path, study_name: str, storage: str | None = None,
     _importances(page, study)
     _dimensions(page, done)
     test, per_class = _best_trial(page, study, board, root, data)
+    _trust(page, study, folder, data)
     url = storage_url(Path(results), study_name, storage)
     page.heading("More")
     page.parts.append("<p>Browse the study interactively with optuna-dashboard: "
@@ -299,9 +312,9 @@ def _short(value: Any) -> str:
 
 def evaluate_test(study: Any, row: pd.Series, artifacts: Path, source: str | None = None,
                   ) -> tuple[TestEvaluation | None, Any, int]:
-    """Rebuild the trial's model from its kept weights and predict the test split."""
-    import tensorflow as tf
-
+    """Rebuild the trial's model from its kept weights and predict the test split; fit its
+    temperature on the validation split as ``automl export`` does."""
+    from automl.report.calibrate import calibrate, calibrated, predict_probabilities
     from automl.report.export import build_trained, study_data
     from automl.trial.run import weights_path
 
@@ -326,11 +339,13 @@ def evaluate_test(study: Any, row: pd.Series, artifacts: Path, source: str | Non
         recorded = None
     size = int(row["image_size"])
     tm = build_trained(row, class_names, weights, chosen.result)
-    batches = pipeline.dataset(data.test, size, 256).map(lambda x, y: x).prefetch(tf.data.AUTOTUNE)
-    probs = metrics.as_multiclass(tm.inference.predict(batches, verbose=0))
+    probs = predict_probabilities(tm, data.test, size)
     labels = np.asarray(data.test.labels)
     cm = metrics.confusion_matrix(labels, probs.argmax(axis=1), len(class_names))
-    evaluation = TestEvaluation(number, class_names, labels, probs, cm, recorded)
+    fit = calibrate(predict_probabilities(tm, data.validation, size), data.validation.labels,
+                    probs, labels)
+    evaluation = TestEvaluation(number, class_names, labels, probs, cm, recorded, fit,
+                                calibrated(probs, fit.temperature))
     return evaluation, (tm, data.test), size
 
 
@@ -348,7 +363,7 @@ def _pick_images(split: Any, size: int, indices: list[int]) -> np.ndarray:
 
 def _test_sections(page: _Page, test: TestEvaluation, model_and_split: Any, size: int,
                    row: pd.Series) -> pd.DataFrame:
-    from automl.report.gradcam import grad_cam
+    from automl.report.gradcam import FLAT, flat_maps, grad_cam
     from automl.report.plots import confusion_figure, gallery_figure, gradcam_figure
 
     tm, split = model_and_split
@@ -362,6 +377,7 @@ def _test_sections(page: _Page, test: TestEvaluation, model_and_split: Any, size
     page.heading("Per-class precision, recall and F1 (test split)")
     table = metrics.per_class(test.confusion, names)
     page.table(table)
+    _calibration(page, test)
     page.heading("Most confident mistakes (test split)")
     wrong = metrics.confident_mistakes(test.probs, test.labels, MISTAKES).tolist()
     if wrong:
@@ -380,18 +396,133 @@ def _test_sections(page: _Page, test: TestEvaluation, model_and_split: Any, size
     cams = grad_cam(tm, images)
     titles = [f"true: {names[test.labels[i]]}\npred: {names[c]} ({cams.probs[k, c]:.2f})"
               for k, (i, c) in enumerate(zip(chosen, cams.classes, strict=True))]
+    flat = flat_maps(cams.heatmaps)
     page.text(f"Heatmaps of the predicted class over the first test image of each class, from "
               f"the activation of layer '{cams.layer}' ({cams.grid[0]}x{cams.grid[1]} cells, "
-              f"input {size}x{size}).")
-    page.image("gradcam", gradcam_figure(images, cams.heatmaps, titles, "Grad-CAM"),
+              f"input {size}x{size}). A flat map (its values span less than {FLAT:.0%} of the "
+              "scale, e.g. all zero: no cell raises the class score) is marked on its tile"
+              + (f"; {int(flat.sum())} here." if flat.any() else "."))
+    page.image("gradcam", gradcam_figure(images, cams.heatmaps, titles, "Grad-CAM", flat=flat),
                "Grad-CAM heatmaps")
     return table
+
+
+def _calibration(page: _Page, test: TestEvaluation) -> None:
+    from automl.report.calibrate import reliability
+    from automl.report.plots import reliability_figure
+
+    fit = test.calibration
+    if fit is None:
+        return
+    page.heading("Calibration (test split)")
+    page.text(f"A temperature fitted on the validation split's probabilities, as `automl "
+              f"export` fits it and keeps it inside the exported model (softmax(log p / T); the "
+              f"predicted class never changes): {fit.describe()}. Expected calibration error "
+              f"over {fit.bins} equal-width confidence bins.")
+    page.image("reliability", reliability_figure(
+        reliability(test.probs, test.labels, fit.temperature),
+        f"Reliability on the test split (T = {fit.temperature:.3g})"),
+        "reliability diagram before and after temperature scaling")
+
+
+def _trust(page: _Page, study: Any, folder: Path, source: str | None) -> None:
+    """Label issues and duplicates from `automl inspect`'s files, when they are there."""
+    import json
+
+    from automl.report.inspect import LABEL_CSV, PAIRS_CSV, SUMMARY_JSON
+
+    labels_csv, pairs_csv = folder / LABEL_CSV, folder / PAIRS_CSV
+    page.heading("Label issues and duplicates (automl inspect)")
+    if not labels_csv.is_file() or not pairs_csv.is_file():
+        page.text("Run `automl inspect` to rank label issues and find duplicates across the "
+                  "splits; this section then shows them.")
+        return
+    try:
+        labels = pd.read_csv(labels_csv)
+        pairs = pd.read_csv(pairs_csv)
+        summary = json.loads((folder / SUMMARY_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        page.note(f"The files of `automl inspect` cannot be read ({exc}); run it again.")
+        return
+    page.link(f"{LABEL_CSV}: {len(labels)} images ranked", LABEL_CSV)
+    page.link(f"{PAIRS_CSV}: {len(pairs)} pairs", PAIRS_CSV)
+    try:
+        from automl.report.export import study_data
+
+        data = study_data(study, source)
+    except AutoMLError as exc:
+        page.note(f"The thumbnails are missing: {exc}")
+        data = None
+    if data is not None and data.fingerprint != summary.get("fingerprint"):
+        page.note("The data changed since `automl inspect` ran: run it again; the lists below "
+                  "are shown without thumbnails.")
+        data = None
+    _label_issues(page, labels, data)
+    _duplicates(page, pairs, data, summary)
+
+
+def _label_issues(page: _Page, labels: pd.DataFrame, data: Any) -> None:
+    from automl.report.plots import gallery_figure
+
+    page.heading("Label issues: the most suspicious training and validation images")
+    page.text("Ranked by cleanlab's label-quality score (lower: more likely mislabelled) over "
+              "out-of-sample probabilities of 5-fold heads on the best trial's pooled "
+              "activations; 'suggested' is the heads' most probable class.")
+    top = labels.head(TRUST_TOP)
+    if data is not None and len(top):
+        images = _thumbnails(data, [(r.split, int(r.index)) for r in top.itertuples()])
+        titles = [f"{r.source}\ngiven {r.given} -> {r.suggested}?\nscore {r.score:.3g}"
+                  for r in top.itertuples()]
+        page.image("label_issues", gallery_figure(np.stack(images), titles,
+                                                  "Most suspicious labels"),
+                   "the most suspicious labels")
+    page.table(top[["rank", "source", "split", "given", "suggested", "score"]])
+
+
+def _thumbnails(data: Any, wanted: list[tuple[str, int]]) -> list[np.ndarray]:
+    """The images at (split, index), THUMB px a side, in that order (one pass per split)."""
+    found: dict[tuple[str, int], np.ndarray] = {}
+    for split in {name for name, _ in wanted}:
+        indices = sorted({i for name, i in wanted if name == split})
+        for i, image in zip(indices, _pick_images(data.splits()[split], THUMB, indices),
+                            strict=True):
+            found[(split, i)] = image
+    return [found[key] for key in wanted]
+
+
+def _duplicates(page: _Page, pairs: pd.DataFrame, data: Any, summary: dict) -> None:
+    from automl.report.plots import gallery_figure
+
+    page.heading("Duplicates within and across splits")
+    limits = summary.get("thresholds", {})
+    page.text("Byte-identical images (content hash), and near-duplicates across splits: pooled "
+              f"activations with cosine >= {limits.get('activations')} or grey thumbnails with "
+              f"cosine >= {limits.get('thumbnails')}.")
+    counts = pd.DataFrame(summary.get("counts", []))
+    if counts.empty:
+        page.text("No duplicate pair was found.")
+        return
+    page.table(counts)
+    across = pairs[pairs["split_a"] != pairs["split_b"]].head(TRUST_PAIRS)
+    if data is not None and len(across):
+        wanted, titles = [], []
+        for r in across.itertuples():
+            for split, index, name in ((r.split_a, r.index_a, r.source_a),
+                                       (r.split_b, r.index_b, r.source_b)):
+                wanted.append((split, int(index)))
+                titles.append(f"{split}\n{name}")
+            titles[-1] += "\n" + ("exact" if r.exact else f"thumb {r.thumbnail_cosine:.3f}")
+        images = _thumbnails(data, wanted)
+        page.image("duplicates", gallery_figure(np.stack(images), titles,
+                                                "Duplicate pairs across splits (side by side)"),
+                   "duplicate pairs across splits")
 
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
 max-width:1200px;padding:0 1rem;color:#222}
 h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd}
+div.scroll{overflow-x:auto;max-width:100%}
 table.table{border-collapse:collapse;font-size:.85rem}
 table.table th,table.table td{padding:.2rem .5rem;border-bottom:1px solid #eee;text-align:right}
 table.table th{background:#f4f4f4}figure{margin:1rem 0}img{max-width:100%}

@@ -120,6 +120,7 @@ def _prepare(req: SearchRequest, note: Callable[[str], None], early: Any) -> Sea
     space, _ = usable_backbones(space, resolver)
     data = load_data(req.data, val_split=req.val_split, test_split=req.test_split,
                      seed=req.run.seed)
+    _warn_leak(data)
     study, created = _open_study(req, data)
     artifacts = artifact_root(req.results, req.study, req.artifacts, study, req.storage,
                               record=True)
@@ -135,6 +136,34 @@ def _prepare(req: SearchRequest, note: Callable[[str], None], early: Any) -> Sea
     ctx = DriverContext(run, artifacts, _runner(req, run, data, resolver, artifacts, folder, early),
                         req.limits)
     return SearchSetup(req, space, data, study, created, folder, artifacts, ctx)
+
+
+LEAK_SHARE = 0.01  # warn when at least this share of the test split has a twin in train
+
+
+def leak_message(data: Any) -> str | None:
+    """What to warn when at least 1% of the test split is byte-identical to training images
+    (content hashes, computed at load: no TensorFlow), else None."""
+    twins = data.test_twins()
+    if data.test is None or twins < LEAK_SHARE * len(data.test) or twins == 0:
+        return None
+    return (f"{twins} of the {len(data.test)} test images ({twins / len(data.test):.1%}) are "
+            "byte-identical to a training image, so the test accuracy is inflated; the splits "
+            "came with the data and are used as given. `automl inspect` lists them (and "
+            "near-duplicates).")
+
+
+def _warn_leak(data: Any) -> None:
+    """One ``warning:`` line (a DataWarning) for :func:`leak_message`, every run."""
+    import warnings
+
+    from automl.data.load import DataWarning
+
+    message = leak_message(data)
+    if message is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DataWarning)  # every search says it, not only one
+            warnings.warn(message, DataWarning, stacklevel=2)
 
 
 def _open_study(req: SearchRequest, data: Any) -> tuple[Any, bool]:
