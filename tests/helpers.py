@@ -82,6 +82,29 @@ def animal_mnist_npz(path: Path, train: int = 40, val: int = 10, test: int = 20,
     return write_npz(path, **arrays, class_names=np.array(names))
 
 
+def plain_carve(labels: np.ndarray, fractions: dict[str, float], seed: int,
+                classes: int) -> dict[str, np.ndarray]:
+    """The carve automl used before the grouped one (issue 17), kept as a reference: per class,
+    shuffle with the seed, then take round(n * fraction) (at least 1) per split."""
+    import math
+
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], **{name: [] for name in fractions}}
+    for c in range(classes):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n = len(members)
+        counts = {name: max(1, math.floor(n * f + 0.5)) for name, f in fractions.items()}
+        while sum(counts.values()) > n - 1:  # leave at least one training image
+            largest = max(counts, key=lambda s: counts[s])
+            counts[largest] -= 1
+        start = 0
+        for name, count in counts.items():
+            parts[name].append(members[start:start + count])
+            start += count
+        parts["train"].append(members[start:])
+    return {name: np.sort(np.concatenate(p)) for name, p in parts.items()}
+
+
 def write_npz(path: Path, **arrays: Any) -> Path:
     """``np.savez(path, **arrays)``; returns ``path`` (to build data sources inline)."""
     np.savez(path, **arrays)

@@ -109,6 +109,8 @@ def test_bad_space(case: str, tmp_path: Path, results: Path) -> None:
     (["export", "--trial", "0", "--out", "m"], "--trial 0: that trial is PRUNED"),
     (["export", "--study", "ghost", "--out", "m"], "there is no study 'ghost'"),
     (["leaderboard", "--study", "ghost"], "there is no study 'ghost'"),
+    (["inspect"], "study 'default' has no complete trial yet"),
+    (["inspect", "--study", "ghost"], "there is no study 'ghost'"),
 ])
 def test_bad_cli_flags(argv: list[str], message: str, results: Path) -> None:
     _check([*argv, "--results", str(results)], message, results)

@@ -6,9 +6,11 @@ import io
 
 import numpy as np
 import pytest
+from helpers import plain_carve
 from PIL import Image
 
 from automl.data.load import load_data
+from automl.data.sources import read_animal_mnist
 from automl.trust.leakage import (
     PAIR_COLUMNS,
     content_hash,
@@ -25,9 +27,13 @@ def default_data():
     return load_data(None)
 
 
-def test_the_62_test_images_byte_identical_to_training_images(default_data) -> None:
-    hashes = {name: [content_hash(a) for a in split.array]
-              for name, split in default_data.splits().items()}
+def test_the_62_test_images_byte_identical_to_training_images() -> None:
+    """The plain per-class carve automl used before the grouped one (issue 17)."""
+    pool = read_animal_mnist().pools["train"]
+    parts = plain_carve(pool.labels, {"validation": 0.15, "test": 0.15}, 0, 10)
+    arrays = {name: pool.array[idx] for name, idx in parts.items()}
+    hashes = {name: [content_hash(a) for a in arrays[name]]
+              for name in ("train", "validation", "test")}
     train = set(hashes["train"])
     expected = {i for i, h in enumerate(hashes["test"]) if h in train}
     assert len(expected) == 62
@@ -35,8 +41,7 @@ def test_the_62_test_images_byte_identical_to_training_images(default_data) -> N
     test_train = pairs[(pairs.split_a == "train") & (pairs.split_b == "test")]
     assert set(test_train.index_b) == expected and len(test_train) == 62
     for row in test_train.itertuples():
-        assert np.array_equal(default_data.train.array[row.index_a],
-                              default_data.test.array[row.index_b])
+        assert np.array_equal(arrays["train"][row.index_a], arrays["test"][row.index_b])
     counts = pair_counts(pairs).set_index(["split_a", "split_b"])
     assert counts.loc[("train", "test"), "images_b"] == 62
     assert counts.loc[("train", "validation"), "images_b"] == 62

@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
+from helpers import plain_carve
 
-from automl.data.sources import ANIMAL_MNIST_CLASSES, Pool, read_animal_mnist
+from automl.data.sources import ANIMAL_MNIST_CLASSES, read_animal_mnist
 from automl.errors import DataError
 from automl.trust.leakage import content_hash
 from automl.trust.split import group_ids, grouped_stratified
 
 FRACTIONS = {"validation": 0.15, "test": 0.15}
-
-
-def _stratified(pool: Pool, fractions: dict[str, float], seed: int,
-                class_names: list[str]) -> dict[str, np.ndarray]:
-    """The carve automl used before the grouped one (issue 17), kept as the reference: per
-    class, shuffle with the seed, then take round(n * fraction) (at least 1) per split."""
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {"train": [], **{name: [] for name in fractions}}
-    for c in range(len(class_names)):
-        members = rng.permutation(np.flatnonzero(pool.labels == c))
-        n = len(members)
-        counts = {name: max(1, math.floor(n * f + 0.5)) for name, f in fractions.items()}
-        while sum(counts.values()) > n - 1:  # leave at least one training image
-            largest = max(counts, key=lambda s: counts[s])
-            counts[largest] -= 1
-        start = 0
-        for name, count in counts.items():
-            parts[name].append(members[start:start + count])
-            start += count
-        parts["train"].append(members[start:])
-    return {name: np.sort(np.concatenate(p)) for name, p in parts.items()}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +23,7 @@ def test_singleton_groups_carve_what_the_current_split_carves(pool) -> None:
     singletons = np.arange(len(pool.labels))
     for seed in (0, 3):
         ours = grouped_stratified(pool.labels, singletons, FRACTIONS, seed, ANIMAL_MNIST_CLASSES)
-        theirs = _stratified(pool, FRACTIONS, seed, ANIMAL_MNIST_CLASSES)
+        theirs = plain_carve(pool.labels, FRACTIONS, seed, len(ANIMAL_MNIST_CLASSES))
         assert ours.keys() == theirs.keys()
         for name in theirs:
             np.testing.assert_array_equal(ours[name], theirs[name])
@@ -85,3 +63,13 @@ def test_too_few_distinct_images_in_a_class_is_a_data_error() -> None:
     groups = np.array([0, 0, 1, 2, 3, 4])  # class a: two distinct images for three splits
     with pytest.raises(DataError, match="Class 'a' has only 2 distinct image"):
         grouped_stratified(labels, groups, FRACTIONS, 0, ["a", "b"])
+
+
+def test_identical_images_labelled_differently_spread_over_their_classes() -> None:
+    labels = np.array([0, 1] * 10)  # image i of class 0 is byte-identical to image i of class 1
+    groups = np.repeat(np.arange(10), 2)
+    parts = grouped_stratified(labels, groups, FRACTIONS, 0, ["a", "b"])
+    for name, idx in parts.items():
+        assert set(labels[idx]) == {0, 1}, name  # every split still has both classes
+        others = np.concatenate([parts[o] for o in parts if o != name])
+        assert set(groups[idx]).isdisjoint(groups[others])

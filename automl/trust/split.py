@@ -34,10 +34,12 @@ def grouped_stratified(labels: np.ndarray, groups: np.ndarray, fractions: dict[s
     """Indices of "train" and of each split in ``fractions`` (sorted), carved from one pool.
 
     Each group goes whole to one split, stratified by its class (the most common label among
-    its members, the smallest on a tie). Per class, its groups are shuffled with ``seed`` (in
-    order of their first member) and each split in ``fractions`` order takes groups until it
-    holds ``max(1, round(n * fraction))`` of the class's ``n`` images (the last group taken may
-    overshoot by its size minus one); the rest is "train", which keeps at least one group.
+    its members; on a tie, of the tied classes the one with the fewest groups so far, then the
+    smallest, so identical images labelled differently spread over their classes). Per class,
+    its groups are shuffled with ``seed`` (in order of their first member) and each split in
+    ``fractions`` order takes groups until it holds ``max(1, round(n * fraction))`` of the
+    class's ``n`` images (the last group taken may overshoot by its size minus one); the rest
+    is "train", which keeps at least one group.
 
     >>> labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     >>> parts = grouped_stratified(labels, np.array([0, 0, 1, 2, 3, 4, 5, 6]),
@@ -61,8 +63,7 @@ def grouped_stratified(labels: np.ndarray, groups: np.ndarray, fractions: dict[s
     members = np.split(np.argsort(gid, kind="stable"),
                        np.cumsum(np.bincount(gid, minlength=n_groups))[:-1])
     k = len(class_names)
-    group_class = np.array([np.bincount(labels[m], minlength=k).argmax() for m in members],
-                           dtype=np.int64)
+    group_class = _group_classes(labels, members, k)
     sizes = np.array([len(m) for m in members])
 
     rng = np.random.default_rng(seed)
@@ -95,3 +96,16 @@ def grouped_stratified(labels: np.ndarray, groups: np.ndarray, fractions: dict[s
         parts["train"].extend(members[g] for g in shuffled[start:])
     return {name: np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64)
             for name, p in parts.items()}
+
+
+def _group_classes(labels: np.ndarray, members: list[np.ndarray], k: int) -> np.ndarray:
+    """Each group's class: its most common label; a tie goes to the tied class that has the
+    fewest groups so far (groups in order), then to the smallest."""
+    assigned = np.zeros(k, np.int64)
+    out = np.empty(len(members), np.int64)
+    for g, m in enumerate(members):
+        counts = np.bincount(labels[m], minlength=k)
+        tied = np.flatnonzero(counts == counts.max())
+        out[g] = tied[np.argmin(assigned[tied])] if len(tied) > 1 else tied[0]
+        assigned[out[g]] += 1
+    return out
