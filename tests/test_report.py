@@ -22,8 +22,8 @@ dropout: 0.1
 learning_rate: {low: 1.0e-3, high: 1.0e-2, log: true}
 augmentation: none
 """
-SECTIONS = {"history", "cost", "importances", "dimensions", "curves", "confusion", "mistakes",
-            "gradcam"}
+SECTIONS = {"history", "cost", "importances", "dimensions", "curves", "confusion",
+            "reliability", "mistakes", "gradcam"}
 TEST_IMAGES = 10 * 20
 
 
