@@ -138,7 +138,7 @@ def export_onnx(tm: Any, row: Any, class_names: list[str], out: Path,
     model = OnnxModel(content, threads)
     checked = check(model, tm.inference, binary, check_images, test, "ONNX", exact=True)
     report = OnnxReport(str(out), int(row["trial"]), converter, model.name, threads,
-                        len(content) / 2**20, checked.latency_ms, checked.keras_test_accuracy,
+                        len(content) / 1e6, checked.latency_ms, checked.keras_test_accuracy,
                         checked.test_accuracy, checked.max_abs_diff, seconds)
     write_export(Path(out), {"model.onnx": content}, class_names, row, "onnx", ONNX_NOTE,
                  asdict(report))

@@ -105,9 +105,9 @@ def export_tflite(tm: Any, row: Any, class_names: list[str], out: Path, quantize
     float_latency = checked.latency_ms if quantize == "none" else \
         TFLiteModel(float_content, threads).latency_ms(check_images[0])
     report = TFLiteReport(
-        str(out), int(row["trial"]), quantize, model.name, threads, len(content) / 2**20,
+        str(out), int(row["trial"]), quantize, model.name, threads, len(content) / 1e6,
         checked.latency_ms, checked.keras_test_accuracy, checked.test_accuracy,
-        checked.max_abs_diff, len(float_content) / 2**20, float_latency)
+        checked.max_abs_diff, len(float_content) / 1e6, float_latency)
     write_export(Path(out), {"model.tflite": content}, class_names, row, "tflite", TFLITE_NOTE,
                  asdict(report))
     return report
