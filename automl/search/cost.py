@@ -25,7 +25,6 @@ from typing import Any
 
 from automl.errors import ConfigError
 from automl.search import record
-from automl.space import Categorical, SearchSpace
 
 MB = 1e6  # size_mb is in megabytes of 10^6 bytes, as file managers show them
 
@@ -82,28 +81,16 @@ def _key(backbone: str, image_size: int) -> str:
     return f"{backbone}@{image_size}"
 
 
-def _widths(space: SearchSpace | None, width: int) -> list[int]:
-    """The head widths to measure with this one: every width the space offers, if it lists
-    them (a head costs milliseconds to measure), else just this one."""
-    param = space.params.get("head_width") if space is not None else None
-    widths = {int(width)}
-    if isinstance(param, Categorical):
-        widths.update(int(w) for w in param.values())
-    return sorted(widths)
-
-
-def trial_cost(study: Any, runner: Any, config: Any,
-               space: SearchSpace | None = None) -> dict[str, Any]:
+def trial_cost(study: Any, runner: Any, config: Any) -> dict[str, Any]:
     """The serving cost of ``config``'s architecture, measured through ``runner`` only if the
     study does not know it yet (then kept in the study)."""
     key = _key(config.backbone, config.image_size)
     entry = dict(record.measured_costs(study).get(key) or {})
     width = str(int(config.head_width))
     if not entry.get("backbone") or width not in entry.get("heads", {}):
-        missing = [w for w in _widths(space, int(config.head_width))
-                   if str(w) not in entry.get("heads", {})]
-        new = runner.measure(config.backbone, int(config.image_size), missing,
-                             with_backbone=not entry.get("backbone"))
+        # only this trial's width: a width the space offers may not even fit in memory
+        new = runner.measure(config.backbone, int(config.image_size), [int(config.head_width)],
+                             features=entry.get("features") if entry.get("backbone") else None)
         heads = {**entry.get("heads", {}), **{str(k): v for k, v in new["heads"].items()}}
         entry = {"backbone": entry.get("backbone") or new["backbone"],
                  "features": new["features"], "heads": heads,

@@ -134,11 +134,11 @@ class TrialWorker:
         raise _ERRORS.get(msg.kind, TrialFailed)(msg.message)
 
     def measure(self, backbone: str, image_size: int, head_widths: list[int],
-                with_backbone: bool = True) -> dict[str, Any]:
+                features: int | None = None) -> dict[str, Any]:
         """:func:`automl.trial.cost.measure` in the worker (TrialFailed if it fails)."""
         self._ensure_started()
         try:
-            self._send(MeasureCost(backbone, image_size, tuple(head_widths), with_backbone), None)
+            self._send(MeasureCost(backbone, image_size, tuple(head_widths), features), None)
             msg = self._receive(None)
         except BaseException as exc:
             if not isinstance(exc, Exception):

@@ -133,12 +133,12 @@ def head_costs(features: int, widths: list[int], n_classes: int) -> dict[int, di
 
 
 def measure(backbone: str, image_size: int, n_classes: int, head_widths: list[int],
-            with_backbone: bool = True) -> dict[str, Any]:
+            features: int | None = None) -> dict[str, Any]:
     """The cost of (backbone, image size) with a linear head, and of each hidden head width.
 
-    ``{"backbone": {latency_ms, throughput_ips, params, tflite_bytes, seconds} | None,
-    "features": F, "heads": {width: {params, latency_ms}}}``; ``with_backbone=False`` measures
-    only the heads (the backbone part is known already).
+    ``{"backbone": {latency_ms, throughput_ips, params, tflite_bytes} | None, "features": F,
+    "heads": {width: {params, latency_ms}}, "seconds": s}``. Given ``features`` (the backbone's
+    output width, from an earlier measurement) only the heads are measured: no backbone is built.
     """
     import tensorflow as tf
 
@@ -147,11 +147,10 @@ def measure(backbone: str, image_size: int, n_classes: int, head_widths: list[in
 
     start = time.perf_counter()
     reset_keras(0)
-    spec = get_spec(backbone)
-    tm = build_model(_config(backbone, image_size, 0), spec, n_classes, None)
-    features = int(tm.head.inputs[0].shape[-1])
     part = None
-    if with_backbone:
+    if features is None:
+        tm = build_model(_config(backbone, image_size, 0), get_spec(backbone), n_classes, None)
+        features = int(tm.head.inputs[0].shape[-1])
         module = serving_module(tm.inference, image_size, n_classes)
         call = module.__call__.get_concrete_function()
         rng = np.random.default_rng(0)

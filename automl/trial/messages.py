@@ -73,13 +73,13 @@ class RunTrial:
 
 @dataclass(frozen=True)
 class MeasureCost:
-    """Measure a backbone at an image size (``with_backbone``) and hidden heads' widths
-    (:func:`automl.trial.cost.measure`)."""
+    """Measure a backbone at an image size (unless ``features``, its output width, is given:
+    then only the heads) and hidden heads' widths (:func:`automl.trial.cost.measure`)."""
 
     backbone: str
     image_size: int
     head_widths: tuple[int, ...]
-    with_backbone: bool = True
+    features: int | None = None
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ def _measure(ctx: SearchContext, msg: messages.MeasureCost) -> messages.Cost | m
 
     try:
         return messages.Cost(measure(msg.backbone, msg.image_size, len(ctx.data.class_names),
-                                     list(msg.head_widths), msg.with_backbone))
+                                     list(msg.head_widths), msg.features))
     except Exception as exc:
         text = str(exc).splitlines()[0][:300] if str(exc) else ""
         end = messages.TrialEnd([], 1, 0.0, _memory(ctx), True)

@@ -305,12 +305,12 @@ def _ask_and_run(space: SearchSpace, ctx: DriverContext, study: optuna.Study,
             record.settle(study, trial, record.classify(exc), [])
             raise
         progress.trial_start(trial.number, params, TrialRecord.of(trial).stage)
-        state = _run_one(params, ctx, study, trial, progress, space)
+        state = _run_one(params, ctx, study, trial, progress)
     finally:  # also after Ctrl-C: the leaderboard shows the interrupted trial
         gc.collect()
         on_trial_end(study, study.get_trials(deepcopy=False)[trial.number])
     if not _limited(ctx):  # no limit needs it before training: measured after the trial's row
-        _measure_after(study, ctx, TrialConfig.from_params(params), space)
+        _measure_after(study, ctx, TrialConfig.from_params(params))
     return state
 
 
@@ -318,12 +318,11 @@ def _limited(ctx: DriverContext) -> bool:
     return ctx.limits is not None and ctx.limits.any
 
 
-def _measure_after(study: optuna.Study, ctx: DriverContext, config: TrialConfig,
-                   space: SearchSpace) -> None:
+def _measure_after(study: optuna.Study, ctx: DriverContext, config: TrialConfig) -> None:
     """Measure a trial's architecture once it has finished (kept in the study; the leaderboard
     reads it from there), so the first results are not held up by it; a failure is a warning."""
     try:
-        trial_cost(study, ctx.runner, config, space)
+        trial_cost(study, ctx.runner, config)
     except Exception as exc:
         log.warning("could not measure the serving cost of %s at %d px: %s", config.backbone,
                     config.image_size, exc)
@@ -331,26 +330,25 @@ def _measure_after(study: optuna.Study, ctx: DriverContext, config: TrialConfig,
 
 def _run_one(params: dict[str, Any], ctx: DriverContext, study: optuna.Study,
              trial: optuna.Trial, progress: SearchProgress | None = None,
-             space: SearchSpace | None = None) -> optuna.trial.TrialState:
+             ) -> optuna.trial.TrialState:
     """With limits: measure what the trial's architecture costs (once per architecture) and end
     it as INFEASIBLE if that is over them. Run it; tell Optuna how it ended."""
     config = TrialConfig.from_params(params)
     record.write(trial, config=config.as_dict())
     train_log = TrainLog()
     if _limited(ctx):
-        over = _check_limits(ctx.limits, ctx, study, trial, config, space)
+        over = _check_limits(ctx.limits, ctx, study, trial, config)
         if over is not None:
             return over
     return _train(config, ctx, study, trial, train_log, progress)
 
 
 def _check_limits(limits: Limits, ctx: DriverContext, study: optuna.Study, trial: optuna.Trial,
-                  config: TrialConfig, space: SearchSpace | None,
-                  ) -> optuna.trial.TrialState | None:
+                  config: TrialConfig) -> optuna.trial.TrialState | None:
     """Measure the trial's cost, set its constraints; its end state if it is not to be trained
     (over the limits: PRUNED as INFEASIBLE; the measurement failed: FAIL), else None."""
     try:
-        cost = trial_cost(study, ctx.runner, config, space)
+        cost = trial_cost(study, ctx.runner, config)
     except BaseException as exc:  # the measurement failed: the trial fails (Ctrl-C: stops)
         outcome = record.classify(exc)
         if outcome is None:
