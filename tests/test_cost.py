@@ -39,7 +39,8 @@ def test_measure_counts_the_exported_model_and_converts_each_backbone_once() -> 
     # with the backbone's output width known, only a new head width is measured: no backbone
     heads_only = measure("efficientnet_lite0", 32, 3, [16], features=1280)
     assert heads_only["backbone"] is None and heads_only["features"] == 1280
-    assert {int(k): v["params"] for k, v in heads_only["heads"].items()} == {16: heads[16]["params"]}
+    assert {int(k): v["params"] for k, v in heads_only["heads"].items()} == {
+        16: heads[16]["params"]}
     store = json.loads((automl_home() / "cost" / "tflite_bytes.json").read_text())
     assert any(k.startswith("efficientnet_lite0|classes=3|") and v == part["tflite_bytes"]
                for k, v in store.items())
