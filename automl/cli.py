@@ -202,11 +202,9 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     report = export_study(Path(a.results), a.study, a.storage, a.trial, Path(a.out),
                           artifacts=a.artifacts, data=a.data, fmt=a.format, quantize=a.quantize)
-    if a.format == "tflite":
-        print(tflite_summary(report))
-        return 0
-    if a.format == "onnx":
-        print(onnx_summary(report))
+    if a.format in ("tflite", "onnx"):
+        print((tflite_summary if a.format == "tflite" else onnx_summary)(report))
+        _print_calibration(report.calibration)
         return 0
     test = ""
     if report.reloaded_test_accuracy is not None:
@@ -215,9 +213,14 @@ def cmd_export(a: argparse.Namespace) -> int:
                 if report.recorded_test_accuracy is not None else "")
     print(f"exported trial {report.trial} (val accuracy {report.val_accuracy:.4f}{test}) to "
           f"{report.out}; reload check passed (max difference {report.max_abs_diff:.2g})")
-    if report.calibration is not None:
-        print(f"calibrated: {report.calibration.describe()}")
+    _print_calibration(report.calibration)
     return 0
+
+
+def _print_calibration(calibration: Any) -> None:
+    """The export's temperature and what it does, in one line (nothing when not calibrated)."""
+    if calibration is not None:
+        print(f"calibrated: {calibration.describe()}")
 
 
 def _test_accuracies(converted: float | None, keras: float | None, name: str) -> str:

@@ -110,6 +110,38 @@ def test_export_is_calibrated_and_equals_the_report(searched, tmp_path: Path) ->
     assert {"reliability", "label_issues", "duplicates"} <= set(report.images)
 
 
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_float_converted_exports_are_calibrated_as_the_report(searched, tmp_path: Path,
+                                                              fmt: str) -> None:
+    """A float32 TFLite or ONNX export holds the SavedModel's temperature: its probabilities
+    over the real test images are the report's calibrated ones within 1e-5."""
+    from automl.data import pipeline
+    from automl.report.export import MODEL_FILES
+    from automl.report.report import build_report
+
+    if fmt == "onnx":
+        pytest.importorskip("tf2onnx")
+        pytest.importorskip("onnxruntime")
+        from automl.report.onnx_export import OnnxModel as Model
+    else:
+        from automl.report.tflite import TFLiteModel as Model
+    results, data, _ = searched
+    out = run_cli("export", "--results", results, "--out", tmp_path / fmt, "--format", fmt).out
+    assert "calibrated: temperature" in out and "ECE (15 bins)" in out
+    meta = json.loads((tmp_path / fmt / "automl.json").read_text())
+    fit = meta["calibration"]
+    assert fit["measured_on"] == "test" and fit["nll_after"] <= fit["nll_before"]
+    assert "calibration" not in meta["measured"] and meta["measured"]["max_abs_diff"] <= 1e-5
+    report = build_report(results, "default")
+    assert report.test.calibration.temperature == pytest.approx(fit["temperature"], rel=1e-6)
+    images = np.stack(list(pipeline.images(load_data(data).test, 32).as_numpy_iterator()))
+    served = Model((tmp_path / fmt / MODEL_FILES[fmt]).read_bytes(), 1).probs(images)
+    np.testing.assert_allclose(served, report.test.calibrated, atol=1e-5)
+    assert np.array_equal(served.argmax(axis=1), report.test.probs.argmax(axis=1))
+    print(f"{fmt}: max difference from the report's calibrated probabilities "
+          f"{np.max(np.abs(served - report.test.calibrated)):.3g}")
+
+
 def test_inspect_on_data_that_moved_is_one_error(searched) -> None:
     results, data, _ = searched
     moved = data.with_name("moved.npz")

@@ -50,8 +50,10 @@ def test_onnx_predicts_what_the_saved_model_does(results: Path, tmp_path: Path) 
 
 
 @needs_onnx
-def test_two_classes_give_two_columns() -> None:
-    """A sigmoid head is exported as [1 - p, p], as the SavedModel and TFLite answer."""
+@pytest.mark.parametrize("temperature", [None, 1.7])
+def test_two_classes_give_two_columns(temperature: float | None) -> None:
+    """A sigmoid head is exported as [1 - p, p], as the SavedModel and TFLite answer, and
+    calibrated alike with a temperature."""
     from automl.backbones.registry import get_spec
     from automl.config import TrialConfig
     from automl.report.converted import keras_probs
@@ -63,11 +65,12 @@ def test_two_classes_give_two_columns() -> None:
         "backbone": "efficientnet_lite0", "image_size": 32, "freeze_depth": 1.0,
         "head_width": 0, "dropout": 0.0, "learning_rate": 1e-3, "augmentation": "none"})
     tm = build_model(config, get_spec("efficientnet_lite0"), 2, None)
-    model = OnnxModel(to_onnx(tm.inference, 32, binary=True)[0], 1)
+    model = OnnxModel(to_onnx(tm.inference, 32, True, temperature)[0], 1)
     images = np.random.default_rng(0).uniform(0, 255, (5, 32, 32, 3)).astype(np.float32)
     got = model.probs(images)
     assert got.shape == (5, 2)
-    np.testing.assert_allclose(got, keras_probs(tm.inference, images, binary=True), atol=1e-4)
+    np.testing.assert_allclose(got, keras_probs(tm.inference, images, True, temperature),
+                               atol=1e-5)
 
 
 def test_quantized_onnx_gets_one_clear_line(tmp_path: Path) -> None:

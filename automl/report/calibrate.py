@@ -1,9 +1,10 @@
 """Temperature scaling of a trained model (issue 17): one temperature fitted on the validation
 split's probabilities, measured on the test split (NLL and 15-bin ECE before and after).
 
-``automl export`` keeps the temperature inside the SavedModel's graph
-(:func:`automl.trial.serving.serving_module`); ``automl report`` fits it again the same way on
-the same model, so the report's calibrated probabilities are the exported model's.
+``automl export`` fits it with :func:`calibrate_model` and keeps it inside every exported graph
+(:func:`automl.trial.serving.probabilities`: the SavedModel, the TFLite and the ONNX model);
+``automl report`` fits it again the same way on the same model, so the report's calibrated
+probabilities are the exported model's.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from automl.trust.calibration import (
     softmax,
 )
 
-__all__ = ["Calibration", "calibrate", "calibrated", "predict_probabilities", "reliability"]
+__all__ = ["Calibration", "calibrate", "calibrate_model", "calibrated", "predict_probabilities",
+           "reliability"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,14 @@ def calibrate(val_probs: np.ndarray, val_labels: np.ndarray, test_probs: np.ndar
     return Calibration(t, "validation", where, nll(logits, labels), nll(logits, labels, t),
                        expected_calibration_error(softmax(logits), labels),
                        expected_calibration_error(softmax(logits, t), labels))
+
+
+def calibrate_model(tm: Any, validation: Any, test: Any | None, size: int) -> Calibration:
+    """:func:`calibrate` a rebuilt trial model: T fitted on its probabilities over the
+    ``validation`` split, measured on the ``test`` split (a ``Split``, or None)."""
+    return calibrate(predict_probabilities(tm, validation, size), validation.labels,
+                     None if test is None else predict_probabilities(tm, test, size),
+                     None if test is None else test.labels)
 
 
 def reliability(probs: np.ndarray, labels: np.ndarray, temperature: float) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """What the converted exports (TFLite, ONNX) share: a converted model in its runtime, its check
-against the Keras model, and writing the export folder at once (:func:`describe`: the labels
-and automl.json that every export, the SavedModel too, writes).
+against the Keras model (calibrated by the temperature the converted graph holds), and writing
+the export folder at once (:func:`describe`: the labels and automl.json that every export, the
+SavedModel too, writes).
 
 A converted model takes float32 RGB images (0..255) already at the trial's size ``S``;
 :func:`resized_for` brings an image of any size there exactly as training resized it.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +69,20 @@ def resized_for(size: int, image: np.ndarray) -> np.ndarray:
     return np.asarray(resize_images(image[None], size), np.float32)
 
 
-def keras_probs(inference: Any, images: np.ndarray, binary: bool) -> np.ndarray:
-    """The Keras inference model's probabilities, two columns for two classes (as exported)."""
+def keras_probs(inference: Any, images: np.ndarray, binary: bool,
+                temperature: float | None = None) -> np.ndarray:
+    """The Keras inference model's probabilities, two columns for two classes (as exported),
+    calibrated by ``temperature`` when given (:func:`automl.report.calibrate.calibrated`: the
+    report's calibrated probabilities)."""
     import tensorflow as tf
+
+    from automl.report.calibrate import calibrated
 
     out = [inference(tf.constant(images[i:i + 64], tf.float32), training=False).numpy()
            for i in range(0, len(images), 64)]
     p = np.concatenate(out)
-    return np.concatenate([1.0 - p, p], axis=1) if binary else p
+    p = np.concatenate([1.0 - p, p], axis=1) if binary else p
+    return p if temperature is None else calibrated(p, temperature)
 
 
 @dataclass(frozen=True)
@@ -89,21 +96,24 @@ class Checked:
 
 
 def check(model: ConvertedModel, inference: Any, binary: bool, check_images: np.ndarray,
-          test: tuple[np.ndarray, np.ndarray] | None, what: str, exact: bool) -> Checked:
+          test: tuple[np.ndarray, np.ndarray] | None, what: str, exact: bool,
+          temperature: float | None = None) -> Checked:
     """Run ``model`` over ``check_images`` and the test split (images at its size, labels) next
-    to the Keras ``inference`` model and time it. ``exact`` (a float32 conversion): a difference
-    above :data:`MAX_DIFF` raises ConfigError naming ``what`` (the format)."""
+    to the Keras ``inference`` model, calibrated by ``temperature`` when the converted graph
+    is, and time it. ``exact`` (a float32 conversion): a difference above :data:`MAX_DIFF`
+    raises ConfigError naming ``what`` (the format)."""
     from automl.trial.run import scores
 
     diff = float(np.max(np.abs(model.probs(check_images)
-                               - keras_probs(inference, check_images, binary))))
+                               - keras_probs(inference, check_images, binary, temperature))))
     if exact and not diff <= MAX_DIFF:
         raise ConfigError(f"export check failed: the {what} model's probabilities differ from "
-                          f"the Keras model's by {diff:.3g}; nothing was written.")
+                          f"the {'calibrated ' if temperature is not None else ''}Keras model's "
+                          f"by {diff:.3g}; nothing was written.")
     keras_acc = acc = None
     if test is not None:
         images, labels = test
-        keras_acc = scores(keras_probs(inference, images, binary), labels)[1]
+        keras_acc = scores(keras_probs(inference, images, binary, temperature), labels)[1]
         acc = scores(model.probs(images), labels)[1]
     return Checked(diff, keras_acc, acc, model.latency_ms(check_images[0]))
 
@@ -121,10 +131,16 @@ def describe(folder: Path, class_names: list[str], row: Any, **fields: Any) -> N
 
 
 def write_export(out: Path, files: dict[str, bytes], class_names: list[str], row: Any,
-                 fmt: str, input_note: str, measured: dict[str, Any]) -> None:
-    """``files``, labels.txt and automl.json (with ``measured``) into ``out`` at once: written
-    to a staging folder beside it, which then replaces ``out``."""
+                 fmt: str, input_note: str, report: Any) -> None:
+    """``files``, labels.txt and automl.json into ``out`` at once: written to a staging folder
+    beside it, which then replaces ``out``. ``report`` (the export's report, a dataclass) goes
+    into automl.json as ``measured``, except its ``calibration`` (a
+    :class:`~automl.report.calibrate.Calibration` or None), which is written as the SavedModel
+    export writes it: ``calibration`` (T, NLL and ECE before and after)."""
+    measured = asdict(report)
+    calibration = measured.pop("calibration", None)
     with staged_folder(out) as staging:
         for name, content in files.items():
             (staging / name).write_bytes(content)
-        describe(staging, class_names, row, format=fmt, input=input_note, measured=measured)
+        describe(staging, class_names, row, format=fmt, input=input_note,
+                 calibration=calibration, measured=measured)

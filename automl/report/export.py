@@ -115,7 +115,7 @@ def export_trial(row: Any, class_names: list[str], weights_file: Path, out: Path
     """
     import tensorflow as tf
 
-    from automl.report.calibrate import calibrate, calibrated, predict_probabilities
+    from automl.report.calibrate import calibrate_model, calibrated
     from automl.report.converted import describe
     from automl.report.metrics import as_multiclass
     from automl.trial.run import scores
@@ -123,13 +123,7 @@ def export_trial(row: Any, class_names: list[str], weights_file: Path, out: Path
 
     tm = build_trained(row, class_names, weights_file, result)
     size = int(row["image_size"])
-    calibration = None
-    if calibrate_on is not None:
-        val_split, test_split = calibrate_on
-        calibration = calibrate(
-            predict_probabilities(tm, val_split, size), val_split.labels,
-            None if test_split is None else predict_probabilities(tm, test_split, size),
-            None if test_split is None else test_split.labels)
+    calibration = None if calibrate_on is None else calibrate_model(tm, *calibrate_on, size)
     temperature = None if calibration is None else calibration.temperature
     module = serving_module(tm.inference, size, len(class_names), temperature)
     out = Path(out)
@@ -254,7 +248,9 @@ def export_study(results: Path, study_name: str, storage: str | None, trial: int
     export. ``data`` is the study's data where it is now (default: where the search read it).
     ``fmt`` "tflite" writes a verified ``model.tflite`` (``quantize``: none, float16, int8) and
     returns a :class:`~automl.report.tflite.TFLiteReport`; "onnx" a verified ``model.onnx``
-    (:class:`~automl.report.onnx_export.OnnxReport`); else an :class:`ExportReport`.
+    (:class:`~automl.report.onnx_export.OnnxReport`); else an :class:`ExportReport`. Every
+    format holds the same temperature, fitted on the validation split
+    (:func:`automl.report.calibrate.calibrate_model`), inside its graph.
     """
     from automl.trial.tflite_convert import QUANTIZATIONS
 
@@ -313,18 +309,23 @@ def export_study(results: Path, study_name: str, storage: str | None, trial: int
         row = row.copy()
         row["test_accuracy"] = float("nan")
     if fmt != "savedmodel":
+        from automl.report.calibrate import calibrate_model
+
         tm = build_trained(row, class_names, weights, chosen.result)
+        # the temperature the SavedModel export would hold, fitted the same way
+        fit = calibrate_model(tm, data.validation, data.test, size)
         test_arrays = None if data.test is None else (
             np.stack(list(pipeline.images(data.test, size).as_numpy_iterator())),
             np.asarray(data.test.labels))
         if fmt == "onnx":
             from automl.report.onnx_export import export_onnx
 
-            return export_onnx(tm, row, class_names, out, val, test_arrays)
+            return export_onnx(tm, row, class_names, out, val, test_arrays, fit)
         from automl.report.tflite import calibration_images, export_tflite
 
         calibration = calibration_images(data.train, size) if quantize == "int8" else None
-        return export_tflite(tm, row, class_names, out, quantize, val, test_arrays, calibration)
+        return export_tflite(tm, row, class_names, out, quantize, val, test_arrays, calibration,
+                             fit)
     if data.test is not None:
         test = (pipeline.dataset(data.test, size, 256), data.test.labels)
     return export_trial(row, class_names, weights, out, val, test, chosen.result,

@@ -3,8 +3,9 @@ with tf2onnx, run the ONNX model over the test split next to the Keras model, me
 latency and size, write what was measured.
 
 ``model.onnx`` takes float32 images ``[batch, S, S, 3]`` (RGB, 0..255; any batch size) at the
-trial's size ``S`` and returns class probabilities (two columns for two classes, as the
-SavedModel); ``automl predict`` resizes images to ``S`` outside the graph, as training did.
+trial's size ``S`` and returns class probabilities (two columns for two classes), calibrated
+inside the graph by the temperature the SavedModel export holds; ``automl predict`` resizes
+images to ``S`` outside the graph, as training did.
 It is converted by ``tf2onnx.convert.from_keras``: Keras' own ``model.export(format="onnx")``
 and tf2onnx's ``from_function`` turn the captured tensors of EfficientNet's Normalization layer
 into extra graph inputs (the file then fails in onnxruntime), so a converted graph must have
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from automl.errors import ConfigError
 from automl.report.converted import ConvertedModel, check, default_threads, write_export
 
 ONNX_NOTE = ("model.onnx: images [batch, S, S, 3] float32 RGB 0..255 at the trial's size S "
-             "-> probabilities")
+             "-> probabilities, calibrated (softmax(log p / temperature))")
 INSTALL = "pip install 'automl[onnx]'"
 CONVERT_PACKAGES = ("tf2onnx", "onnx", "onnxruntime")
 
@@ -52,8 +53,9 @@ class OnnxReport:
     latency_ms: float            # batch 1, with ``threads`` intra-op threads
     keras_test_accuracy: float | None
     onnx_test_accuracy: float | None
-    max_abs_diff: float          # ONNX against Keras probabilities, on the check images
+    max_abs_diff: float          # ONNX against calibrated Keras probabilities (check images)
     convert_seconds: float
+    calibration: Any = None      # automl.report.calibrate.Calibration in the graph, or None
 
 
 class OnnxModel(ConvertedModel):
@@ -84,8 +86,14 @@ class OnnxModel(ConvertedModel):
         return np.asarray(self._session.run(None, {self._input: images})[0])
 
 
-def to_onnx(inference: Any, size: int, binary: bool) -> tuple[bytes, str]:
-    """The inference model as ONNX (input ``image`` [batch, S, S, 3]) and the converter used."""
+def to_onnx(inference: Any, size: int, binary: bool,
+            temperature: float | None = None) -> tuple[bytes, str]:
+    """The inference model as ONNX (input ``image`` [batch, S, S, 3]) and the converter used.
+
+    Its output is :func:`automl.trial.serving.probabilities` (two columns for a binary model,
+    calibrated by ``temperature`` when given), as a last Keras layer of a model around
+    ``inference``: still one graph input.
+    """
     import keras
     import tensorflow as tf
 
@@ -95,10 +103,10 @@ def to_onnx(inference: Any, size: int, binary: bool) -> tuple[bytes, str]:
         raise ConfigError(f"--format onnx: tf2onnx does not import here ({exc}); {INSTALL}") \
             from None
     model = inference
-    if binary:  # one sigmoid column -> two columns, as the SavedModel and TFLite answer
+    if binary or temperature is not None:
         image = keras.Input((size, size, 3), name="image")
         p = inference(image, training=False)
-        model = keras.Model(image, keras.layers.Concatenate(name="probabilities")([1.0 - p, p]))
+        model = keras.Model(image, _output_layer(binary, temperature)(p))
     try:
         proto, _ = tf2onnx.convert.from_keras(model, input_signature=(
             tf.TensorSpec([None, size, size, 3], tf.float32, name="image"),))
@@ -111,6 +119,23 @@ def to_onnx(inference: Any, size: int, binary: bool) -> tuple[bytes, str]:
     return proto.SerializeToString(), f"tf2onnx {tf2onnx.__version__}, opset {opset}"
 
 
+def _output_layer(binary: bool, temperature: float | None) -> Any:
+    """A Keras layer computing :func:`automl.trial.serving.probabilities` of the model's
+    output (Keras is imported only when an ONNX export needs it)."""
+    import keras
+
+    from automl.trial.serving import probabilities
+
+    class Probabilities(keras.layers.Layer):
+        def call(self, p: Any) -> Any:
+            return probabilities(p, binary, temperature)
+
+        def compute_output_shape(self, shape: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (*shape[:-1], 2) if binary else tuple(shape)
+
+    return Probabilities(name="probabilities")
+
+
 def _name_batch(proto: Any) -> None:
     """Call the free first dimension of the graph's inputs and outputs ``batch``."""
     for value in [*proto.graph.input, *proto.graph.output]:
@@ -121,25 +146,29 @@ def _name_batch(proto: Any) -> None:
 
 def export_onnx(tm: Any, row: Any, class_names: list[str], out: Path,
                 check_images: np.ndarray, test: tuple[np.ndarray, np.ndarray] | None,
-                threads: int | None = None) -> OnnxReport:
+                fit: Any = None, threads: int | None = None) -> OnnxReport:
     """Write ``out`` (model.onnx, labels.txt, automl.json) after verifying the conversion.
 
-    onnxruntime runs the ONNX model over ``check_images`` and the test split (images at the
-    trial's size, labels) next to the Keras model; probabilities must match within 1e-4, else
-    nothing is written. Latency: batch-1 calls with ``threads`` intra-op threads.
+    ``fit`` (a :class:`~automl.report.calibrate.Calibration`, or None): its temperature goes
+    inside the graph and its T, NLL and ECE into automl.json. onnxruntime runs the ONNX model
+    over ``check_images`` and the test split (images at the trial's size, labels) next to the
+    Keras model, calibrated alike; probabilities must match within 1e-4, else nothing is
+    written. Latency: batch-1 calls with ``threads`` intra-op threads.
     """
     require()
     size = int(row["image_size"])
     binary = len(class_names) == 2
     threads = threads or default_threads()
+    temperature = None if fit is None else fit.temperature
     start = time.perf_counter()
-    content, converter = to_onnx(tm.inference, size, binary)
+    content, converter = to_onnx(tm.inference, size, binary, temperature)
     seconds = time.perf_counter() - start
     model = OnnxModel(content, threads)
-    checked = check(model, tm.inference, binary, check_images, test, "ONNX", exact=True)
+    checked = check(model, tm.inference, binary, check_images, test, "ONNX", exact=True,
+                    temperature=temperature)
     report = OnnxReport(str(out), int(row["trial"]), converter, model.name, threads,
                         len(content) / 1e6, checked.latency_ms, checked.keras_test_accuracy,
-                        checked.test_accuracy, checked.max_abs_diff, seconds)
+                        checked.test_accuracy, checked.max_abs_diff, seconds, fit)
     write_export(Path(out), {"model.onnx": content}, class_names, row, "onnx", ONNX_NOTE,
-                 asdict(report))
+                 report)
     return report

@@ -15,8 +15,11 @@ QUANTIZATIONS = ("none", "float16", "int8")
 
 
 def convert(inference: Any, size: int, binary: bool, quantize: str,
-            calibration: np.ndarray | None = None) -> bytes:
+            calibration: np.ndarray | None = None, temperature: float | None = None) -> bytes:
     """The inference model as a ``.tflite`` flatbuffer with a fixed ``[1, S, S, 3]`` input.
+
+    Its output is :func:`automl.trial.serving.probabilities`: two columns for a binary model,
+    calibrated inside the graph by ``temperature`` when given (as the SavedModel is).
 
     ``int8``: post-training quantization of weights and activations, calibrated on
     ``calibration`` (training images at the trial's size); input and output stay float32.
@@ -29,9 +32,10 @@ def convert(inference: Any, size: int, binary: bool, quantize: str,
 
     import keras
 
+    from automl.trial.serving import probabilities
+
     def serve(image: Any) -> Any:
-        p = inference(image, training=False)
-        return tf.concat([1.0 - p, p], axis=-1) if binary else p
+        return probabilities(inference(image, training=False), binary, temperature)
 
     # Written out with Keras' ExportArchive, which tracks the model's tf.Variables themselves.
     # A tf.Module holding the Keras 3 model (``self.model = inference``) saves a SavedModel
