@@ -42,9 +42,10 @@ def _parser() -> argparse.ArgumentParser:
                    "fine-tuning and augmentation are tried on the best (1 = no staging; "
                    "default 0.8); --driver optuna only")
     s.add_argument("--max-latency-ms", type=float, metavar="MS",
-                   help="train only architectures whose exported model answers one image "
-                   "within MS milliseconds on this machine (measured once per architecture); "
-                   "the others end as INFEASIBLE; --driver optuna only")
+                   help="train only architectures whose exported SavedModel answers one image "
+                   "within MS milliseconds on this machine with TensorFlow (measured once per "
+                   "architecture; TFLite/ONNX run faster, see the README); the others end as "
+                   "INFEASIBLE; --driver optuna only")
     s.add_argument("--max-size-mb", type=float, metavar="MB",
                    help="likewise for the float32 .tflite file's size in MB (10^6 bytes)")
     s.add_argument("--epochs", type=int, default=10, help="max epochs of the head phase")

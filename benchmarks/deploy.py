@@ -98,10 +98,15 @@ def limited_step(args: argparse.Namespace, results: Path, costs: dict[str, Any])
             "complete": int((frame["state"] == "COMPLETE").sum())}
 
 
+def met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
 def report(s: dict[str, Any], e: dict[str, Any], lim: dict[str, Any] | None) -> str:
     lines = []
     wall = s["wall"]
-    share = f" = {100 * s['measuring'] / wall:.1f}% of the search's {wall:.0f} s wall" if wall \
+    share = (f" = {100 * s['measuring'] / wall:.1f}% of the search's {wall:.0f} s wall (target "
+             f"<= 10%: {met(s['measuring'] <= 0.1 * wall)})") if wall \
         else " (an existing study: its wall time is not known here)"
     lines.append(f"1. search: {len(s['frame'])} trials; serving-cost measurement "
                  f"{s['measuring']:.1f} s over {len(s['costs'])} architectures{share}")
@@ -123,26 +128,30 @@ def report(s: dict[str, Any], e: dict[str, Any], lim: dict[str, Any] | None) -> 
         lines.append(f"   {name:8} {m['tflite_test_accuracy']:9.4f} "
                      f"{m['keras_test_accuracy']:7.4f} {diff:+8.2f} {m['size_mb']:7.2f} "
                      f"{m['latency_ms']:11.2f}")
-    lines.append(f"   int8/float32: size {q['size_mb'] / f['size_mb']:.2f}x (target <= 0.33), "
-                 f"latency {q['latency_ms'] / f['latency_ms']:.2f}x (float32 is "
-                 f"{f['latency_ms'] / q['latency_ms']:.2f}x int8's); test accuracy "
-                 f"{100 * (q['tflite_test_accuracy'] - q['keras_test_accuracy']):+.2f} points "
-                 "against Keras (target within 1.0)")
+    size_ratio = q["size_mb"] / f["size_mb"]
+    points = 100 * (q["tflite_test_accuracy"] - q["keras_test_accuracy"])
+    lines.append(f"   int8/float32: size {size_ratio:.2f}x (target <= 1/3: "
+                 f"{met(size_ratio <= 1 / 3)}), latency {q['latency_ms'] / f['latency_ms']:.2f}x "
+                 f"(float32 is {f['latency_ms'] / q['latency_ms']:.2f}x int8's); int8 test "
+                 f"accuracy {points:+.2f} points against Keras (target within 1.0: "
+                 f"{met(abs(points) <= 1.0)})")
     if lim is not None:
         lines.append(f"3. --max-latency-ms {lim['limit']:g} (between the fastest architecture, "
                      f"{lim['low']:.2f} ms, and the slowest, {lim['high']:.2f} ms): "
                      f"{len(lim['frame'])} trials in {lim['wall']:.0f} s: {lim['complete']} "
                      f"complete, {lim['infeasible']} infeasible (not trained), "
-                     f"{lim['pruned_feasible']} feasible trial(s) stopped by the pruner")
+                     f"{lim['pruned_feasible']} feasible trial(s) stopped by the pruner (target "
+                     f">= 1: {met(lim['pruned_feasible'] >= 1)})")
         best = lim["frame"][lim["frame"]["state"] == "COMPLETE"]
         if best.empty:
             lines.append("   no feasible trial finished")
         else:
             b = best.iloc[0]
+            within = float(b["latency_ms"]) <= lim["limit"]
             lines.append(f"   best: trial {int(b['trial'])} {b['backbone']} "
                          f"{int(b['image_size'])} px, latency {float(b['latency_ms']):.2f} ms "
-                         f"(<= {lim['limit']:g}), val {float(b['val_accuracy']):.4f}, test "
-                         f"{float(b['test_accuracy']):.4f}")
+                         f"(<= {lim['limit']:g}: {met(within)}), val "
+                         f"{float(b['val_accuracy']):.4f}, test {float(b['test_accuracy']):.4f}")
     return "\n".join(lines)
 
 

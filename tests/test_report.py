@@ -129,6 +129,11 @@ def test_sections_and_curves_of_the_best_trial(run: dict) -> None:
     assert 'class="note"' not in page  # nothing was left out
     assert "no fine-tuning phase" not in page
     assert "optuna-dashboard sqlite:///" in page
+    # without limits each architecture is measured after its first trial; every row has it
+    assert all(float(r["latency_ms"]) > 0 and float(r["size_mb"]) > 0 for r in run["board"])
+    study = load_study(run["results"])
+    assert [k for k in study.user_attrs if k.startswith("cost:")] == [
+        "cost:efficientnet_lite0@48"]
     # the Pareto front's table: the finished trials nothing beats on accuracy and latency
     front = [r for r in run["board"] if r["pareto"] == "True"]
     assert front and all(r["state"] == "COMPLETE" for r in front)

@@ -20,6 +20,7 @@ leaderboard takes a trial's cost from the study's measurements (:func:`known_cos
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,13 +89,17 @@ def trial_cost(study: Any, runner: Any, config: Any) -> dict[str, Any]:
     entry = dict(record.measured_costs(study).get(key) or {})
     width = str(int(config.head_width))
     if not entry.get("backbone") or width not in entry.get("heads", {}):
+        start = time.monotonic()  # the search's wall time: the worker's round trip included
         # only this trial's width: a width the space offers may not even fit in memory
         new = runner.measure(config.backbone, int(config.image_size), [int(config.head_width)],
                              features=entry.get("features") if entry.get("backbone") else None)
+        seconds = time.monotonic() - start
+        # another worker may have measured other widths meanwhile: merge with what is there now
+        entry = dict(record.measured_costs(study).get(key) or entry)
         heads = {**entry.get("heads", {}), **{str(k): v for k, v in new["heads"].items()}}
         entry = {"backbone": entry.get("backbone") or new["backbone"],
                  "features": new["features"], "heads": heads,
-                 "seconds": float(entry.get("seconds", 0.0)) + float(new["seconds"])}
+                 "seconds": float(entry.get("seconds", 0.0)) + seconds}
         record.write_cost(study, key, entry)
     return combine(entry, int(config.head_width))
 

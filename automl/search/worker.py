@@ -72,6 +72,7 @@ class TrialWorker:
         self.memory: Memory | None = None     # after the last trial (None: it did not end)
         self.started = 0                      # worker processes started so far
         self.last_pid: int | None = None      # the process that ran the last trial
+        self._after_measure = False           # a cost measurement ran since the last trial
 
     @classmethod
     def for_context(cls, ctx: Any, max_growth_mb: float = MAX_GROWTH_MB) -> TrialWorker:
@@ -135,8 +136,12 @@ class TrialWorker:
 
     def measure(self, backbone: str, image_size: int, head_widths: list[int],
                 features: int | None = None) -> dict[str, Any]:
-        """:func:`automl.trial.cost.measure` in the worker (TrialFailed if it fails)."""
+        """:func:`automl.trial.cost.measure` in the worker (TrialFailed if it fails).
+
+        Building a backbone leaves memory behind (as a heavy trial does), so the next trial's
+        memory does not set the light trials' floor (it may still get the worker replaced)."""
         self._ensure_started()
+        self._after_measure = True
         try:
             self._send(MeasureCost(backbone, image_size, tuple(head_widths), features), None)
             msg = self._receive(None)
@@ -246,8 +251,9 @@ class TrialWorker:
         self.memory = memory
         outside = memory.outside_caches_mb
         train_log.heavy = heavy
-        if not heavy:
+        if not heavy and not self._after_measure:
             self.floor_mb = outside if self.floor_mb is None else min(self.floor_mb, outside)
+        self._after_measure = False
         reference = self.floor_mb if self.floor_mb is not None else self.heavy_floor_mb
         if reference is None:
             grown = heavy  # the first trial ran the backbone: its buffers would stay; once
