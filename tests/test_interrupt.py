@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import cli_command, csv_rows, run_cli_process
+from helpers import cli_command, csv_rows, load_study, run_cli_process
 
 SPACE = """\
 backbone: efficientnet_lite0
@@ -29,6 +29,11 @@ def _rows(root: Path) -> list[dict[str, str]]:
     return csv_rows(root / "results" / "default" / "leaderboard.csv", missing_ok=True)
 
 
+def _running(root: Path) -> bool:
+    """Whether the study has a trial running (read from its SQLite file, as the search writes)."""
+    return any(t.state.name == "RUNNING" for t in load_study(root / "results").trials)
+
+
 def _start_and_wait_for_a_trial(root: Path, trials: int) -> subprocess.Popen:
     """Start a long search; return once one trial has finished and the next one is training."""
     (root / "space.yaml").write_text(SPACE)
@@ -36,7 +41,9 @@ def _start_and_wait_for_a_trial(root: Path, trials: int) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if any(r["state"] == "COMPLETE" for r in _rows(root)):
+        # after the first trial its architecture's serving cost is measured, then the next
+        # trial starts: wait for it to be running
+        if any(r["state"] == "COMPLETE" for r in _rows(root)) and _running(root):
             time.sleep(2)  # well into the next trial's training (small batches: long epochs)
             return proc
         time.sleep(1)

@@ -12,6 +12,7 @@ import os
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import csv_rows, load_study, run_cli
 
@@ -62,14 +63,30 @@ def test_an_old_trial_exports_and_predicts_as_before(legacy: Path) -> None:
     assert (legacy / "again" / "labels.txt").read_text() == (
         legacy / "results" / "export" / "labels.txt").read_text()
     expected = json.loads((legacy / "expected_predict.json").read_text())
-    for model in ("again", "results/export"):  # re-exported, and the old export itself
-        out = run_cli("predict", model, "images/a.png", "images/b.png", "--json").out
-        got = json.loads(out)
+
+    def predict(model: str) -> list[dict]:
+        got = json.loads(run_cli("predict", model, "images/a.png", "images/b.png", "--top",
+                                 "1000", "--json").out)
         assert [g["file"] for g in got] == [e["file"] for e in expected]
-        for g, e in zip(got, expected, strict=True):
-            assert g["predictions"][0]["label"] == e["predictions"][0]["label"]
-            assert g["predictions"][0]["probability"] == pytest.approx(
-                e["predictions"][0]["probability"], abs=1e-5)
+        return got
+
+    old = predict("results/export")  # the old export itself predicts as it did
+    for g, e in zip(old, expected, strict=True):
+        assert g["predictions"][0]["label"] == e["predictions"][0]["label"]
+        assert g["predictions"][0]["probability"] == pytest.approx(
+            e["predictions"][0]["probability"], abs=1e-5)
+    # re-exported, it serves the same model calibrated: softmax(log p / T), same top label
+    from automl.report.calibrate import calibrated
+
+    temperature = json.loads((legacy / "again" / "automl.json").read_text())["calibration"][
+        "temperature"]
+    names = (legacy / "again" / "labels.txt").read_text().splitlines()
+    for before, after in zip(old, predict("again"), strict=True):
+        p = {x["label"]: x["probability"] for x in before["predictions"]}
+        q = {x["label"]: x["probability"] for x in after["predictions"]}
+        want = calibrated(np.array([[p[n] for n in names]]), temperature)[0]
+        np.testing.assert_allclose([q[n] for n in names], want, atol=1e-5)
+        assert after["predictions"][0]["label"] == before["predictions"][0]["label"]
 
 
 @pytest.mark.parametrize("study, driver", [("legacy", ()),

@@ -118,6 +118,7 @@ def export_trial(row: Any, class_names: list[str], weights_file: Path, out: Path
     from automl.report.calibrate import calibrate_model, calibrated
     from automl.report.converted import describe
     from automl.report.metrics import as_multiclass
+    from automl.trial.layers import with_probabilities
     from automl.trial.run import scores
     from automl.trial.serving import serving_module
 
@@ -131,7 +132,9 @@ def export_trial(row: Any, class_names: list[str], weights_file: Path, out: Path
         tf.saved_model.save(module, str(staging), signatures={
             "serving_default": module.__call__.get_concrete_function(),
             "serving_uint8": module.predict_uint8.get_concrete_function()})
-        tm.inference.save(str(staging / "model.keras"))
+        # the Keras model serves what the SavedModel serves (two columns, calibrated)
+        with_probabilities(tm.inference, tm.binary, temperature).save(
+            str(staging / "model.keras"))
         describe(staging, class_names, row, format="savedmodel", input=SERVING_NOTE,
                  calibration=None if calibration is None else calibration.as_dict())
         expected = as_multiclass(tm.inference.predict(check_images.astype(np.float32),

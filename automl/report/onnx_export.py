@@ -94,7 +94,6 @@ def to_onnx(inference: Any, size: int, binary: bool,
     calibrated by ``temperature`` when given), as a last Keras layer of a model around
     ``inference``: still one graph input.
     """
-    import keras
     import tensorflow as tf
 
     try:
@@ -102,11 +101,9 @@ def to_onnx(inference: Any, size: int, binary: bool,
     except ImportError as exc:
         raise ConfigError(f"--format onnx: tf2onnx does not import here ({exc}); {INSTALL}") \
             from None
-    model = inference
-    if binary or temperature is not None:
-        image = keras.Input((size, size, 3), name="image")
-        p = inference(image, training=False)
-        model = keras.Model(image, _output_layer(binary, temperature)(p))
+    from automl.trial.layers import with_probabilities
+
+    model = with_probabilities(inference, binary, temperature)
     try:
         proto, _ = tf2onnx.convert.from_keras(model, input_signature=(
             tf.TensorSpec([None, size, size, 3], tf.float32, name="image"),))
@@ -117,23 +114,6 @@ def to_onnx(inference: Any, size: int, binary: bool,
     _name_batch(proto)
     opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     return proto.SerializeToString(), f"tf2onnx {tf2onnx.__version__}, opset {opset}"
-
-
-def _output_layer(binary: bool, temperature: float | None) -> Any:
-    """A Keras layer computing :func:`automl.trial.serving.probabilities` of the model's
-    output (Keras is imported only when an ONNX export needs it)."""
-    import keras
-
-    from automl.trial.serving import probabilities
-
-    class Probabilities(keras.layers.Layer):
-        def call(self, p: Any) -> Any:
-            return probabilities(p, binary, temperature)
-
-        def compute_output_shape(self, shape: tuple[Any, ...]) -> tuple[Any, ...]:
-            return (*shape[:-1], 2) if binary else tuple(shape)
-
-    return Probabilities(name="probabilities")
 
 
 def _name_batch(proto: Any) -> None:

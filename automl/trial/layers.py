@@ -48,6 +48,40 @@ class Preprocess(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+@keras.saving.register_keras_serializable(package="automl")
+class Probabilities(keras.layers.Layer):
+    """The exported output step (:func:`automl.trial.serving.probabilities`) as a layer: a
+    binary model's sigmoid column as two columns, calibrated by ``temperature`` when given. It
+    ends ``model.keras`` and the ONNX graph, so they serve what the SavedModel serves."""
+
+    def __init__(self, binary: bool, temperature: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.binary = bool(binary)
+        self.temperature = None if temperature is None else float(temperature)
+
+    def call(self, p: Any) -> Any:
+        from automl.trial.serving import probabilities
+
+        return probabilities(p, self.binary, self.temperature)
+
+    def compute_output_shape(self, shape: Any) -> Any:
+        return (*shape[:-1], 2) if self.binary else tuple(shape)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "binary": self.binary, "temperature": self.temperature}
+
+
+def with_probabilities(inference: keras.Model, binary: bool,
+                       temperature: float | None) -> keras.Model:
+    """``inference`` ending with :class:`Probabilities` (itself when that changes nothing)."""
+    if not binary and temperature is None:
+        return inference
+    image = keras.Input(inference.inputs[0].shape[1:], name="image")
+    p = inference(image, training=False)
+    return keras.Model(image, Probabilities(binary, temperature, name="probabilities")(p),
+                       name=f"{inference.name}_served")
+
+
 def augmentation_layers(policy: str, seed: int) -> list[keras.layers.Layer]:
     """The Keras preprocessing layers of an augmentation policy (active only in training).
 
