@@ -309,7 +309,9 @@ def _ask_and_run(space: SearchSpace, ctx: DriverContext, study: optuna.Study,
     finally:  # also after Ctrl-C: the leaderboard shows the interrupted trial
         gc.collect()
         on_trial_end(study, study.get_trials(deepcopy=False)[trial.number])
-    if not _limited(ctx):  # no limit needs it before training: measured after the trial's row
+    # no limit needs the cost before training: measured after the trial's row, once the
+    # architecture has trained (a failed trial's may not even build)
+    if not _limited(ctx) and state in FINISHED:
         _measure_after(study, ctx, TrialConfig.from_params(params))
     return state
 
