@@ -128,19 +128,18 @@ def test_worker_is_replaced_after_running_the_backbone_or_once_its_memory_grew(
     short = replace(RUN, epochs=1)
     worker.run(CONFIG, short, 0, None, TrainLog(), None)
     extracted = worker.last_pid
-    # it ran the backbone and no light trial has set the floor yet: replaced at once, the new
-    # one started before it is needed
-    assert worker.started == 2 and worker.pid not in (None, extracted)
+    # it ran the backbone and no light trial has set the floor yet: replaced, when the next
+    # trial starts (a cost measurement may use it first)
+    assert worker.started == 1 and worker.pid == extracted
     worker.run(CONFIG, short, 1, None, TrainLog(), None)  # activations from disk: light
     first = worker.pid
-    assert worker.last_pid == first and worker.started == 2 and worker.floor_mb is not None
+    assert first not in (None, extracted) and worker.last_pid == first
+    assert worker.started == 2 and worker.floor_mb is not None
     worker.run(CONFIG, short, 2, None, TrainLog(), None)
     assert worker.pid == first and worker.started == 2  # one more trial is not 200 MB more
-    worker.max_growth_mb = float("-inf")  # every trial is "too much": replaced right after it
+    worker.max_growth_mb = float("-inf")  # every trial is "too much": replaced after it
     worker.run(CONFIG, short, 3, None, TrainLog(), None)
-    assert worker.last_pid == first and worker.started == 3
-    assert worker.pid not in (None, first)  # the new one starts at once, before it is needed
-    worker.max_growth_mb = 1e9
+    assert worker.last_pid == first and worker.started == 2
     assert worker.run(CONFIG, short, 4, None, TrainLog(), None).epochs == 1
     assert worker.last_pid not in (None, first) and worker.started == 3
 
@@ -199,17 +198,19 @@ def test_a_folder_search_leaves_no_decoded_images_behind(tiny_npz: Path, tmp_pat
     # light trials only: replaced once 200 MB above the lightest
     ([(880, False), (900, False), (1070, False), (1100, False)], [3]),
 ])
-def test_when_the_worker_is_replaced(trials: list[tuple[float, bool]], replaced_after: list[int],
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_when_the_worker_is_replaced(trials: list[tuple[float, bool]],
+                                     replaced_after: list[int]) -> None:
     from automl.trial.messages import Memory, TrialEnd
 
     worker = TrialWorker(None)  # the policy alone: no process is started
     done: list[int] = []
     replaced: list[int] = []
-    monkeypatch.setattr(worker, "_spawn", lambda: replaced.append(done[-1]))
     for number, (outside, heavy) in enumerate(trials):
         done.append(number)
         log = TrainLog()
         worker._finish(TrialEnd([], 1, 1.0, Memory(outside + 50, 50), heavy), log)
         assert log.heavy is heavy
+        if worker._replace:  # due for replacement: a new process when the next trial starts
+            replaced.append(number)
+            worker._replace = False
     assert replaced == replaced_after

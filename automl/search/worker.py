@@ -73,6 +73,7 @@ class TrialWorker:
         self.started = 0                      # worker processes started so far
         self.last_pid: int | None = None      # the process that ran the last trial
         self._after_measure = False           # a cost measurement ran since the last trial
+        self._replace = False                 # the worker grew: replace it before the next trial
 
     @classmethod
     def for_context(cls, ctx: Any, max_growth_mb: float = MAX_GROWTH_MB) -> TrialWorker:
@@ -138,9 +139,12 @@ class TrialWorker:
                 features: int | None = None) -> dict[str, Any]:
         """:func:`automl.trial.cost.measure` in the worker (TrialFailed if it fails).
 
-        Building a backbone leaves memory behind (as a heavy trial does), so the next trial's
-        memory does not set the light trials' floor (it may still get the worker replaced)."""
-        self._ensure_started()
+        It runs in the running worker, also one due for replacement (a new architecture's first
+        trial ran the backbone and grew it): starting a new worker first would cost a
+        TensorFlow import, and the measurement's memory goes with the old worker. Building a
+        backbone leaves memory behind, so the next trial's memory does not set the light
+        trials' floor (it may still get the worker replaced)."""
+        self._ensure_started(replace=False)
         self._after_measure = True
         try:
             self._send(MeasureCost(backbone, image_size, tuple(head_widths), features), None)
@@ -185,9 +189,9 @@ class TrialWorker:
 
     # -- inside ------------------------------------------------------------------------------
 
-    def _ensure_started(self) -> Any:
+    def _ensure_started(self, replace: bool = True) -> Any:
         """The running worker, started now if there is none, once it has said it is ready."""
-        if self._proc is None or not self._proc.is_alive():
+        if self._proc is None or not self._proc.is_alive() or (replace and self._replace):
             self._spawn()
         if self._unsent:  # the child reads it once TensorFlow is imported
             self._unsent = False
@@ -220,6 +224,7 @@ class TrialWorker:
         child.close()
         self._proc, self._conn, self._ready = proc, parent, False
         self._unsent = False
+        self._replace = False
         self.started += 1
 
     def _send(self, msg: RunTrial | Decision | MeasureCost, number: int | None) -> None:
@@ -265,7 +270,9 @@ class TrialWorker:
         if grown:
             log.debug("trial worker %s holds %.0f MB outside its caches (lightest trial: %s MB): "
                       "replaced", self.pid, outside, self.floor_mb)
-            self._spawn()  # now: its start overlaps the search's bookkeeping
+            # replaced when the next trial starts: a serving-cost measurement of the trial's
+            # new architecture may run first, in this worker (its memory goes with it)
+            self._replace = True
 
 
 def _has_files(data: Any) -> bool:
