@@ -15,7 +15,7 @@ from automl.backbones.weights import WeightsResolver
 from automl.config import RunConfig, TrialConfig
 from automl.data.load import load_data
 from automl.errors import TrialFailed
-from automl.search.worker import TrialWorker
+from automl.search.worker import TrialWorker, _sigint_deferred
 from automl.trial.features import FeatureCache
 from automl.trial.run import SearchContext, run_trial
 from automl.trial.trainlog import TrainLog
@@ -74,6 +74,29 @@ def test_a_worker_started_early_runs_trials_once_configured(tiny_npz: Path,
         result = early.run(CONFIG, RUN, 1, None, TrainLog(), None)
         assert early.last_pid == pid  # (then replaced: the trial extracted, a heavy one)
         assert result.val_accuracy > 0.2  # 10 classes: chance is 0.1
+    finally:
+        early.stop()
+
+
+def test_ctrl_c_while_a_worker_starts_is_delivered_after_the_start_not_lost() -> None:
+    """Starting a worker writes its setup down a pipe (seconds on a busy machine): a Ctrl-C
+    meanwhile stops the search right after, and the starting worker never sees it."""
+    import time
+
+    with pytest.raises(KeyboardInterrupt):
+        with _sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # delivered here, it would raise here, before the flag below
+            held = True
+    assert held
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+    early = TrialWorker.start_early()
+    try:
+        os.kill(early._proc.pid, signal.SIGINT)  # mid-import: blocked, then ignored
+        time.sleep(1.0)
+        assert early._proc.is_alive()
     finally:
         early.stop()
 

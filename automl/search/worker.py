@@ -219,7 +219,7 @@ class TrialWorker:
         # through the pipe a send would wait until the child has imported TensorFlow
         proc = context.Process(target=_child_main, args=(child, self._setup), daemon=True,
                                name="automl-trial-worker")
-        with _sigint_ignored():  # inherited: Ctrl-C during its start prints no traceback there
+        with _sigint_deferred():  # Ctrl-C during the start acts once the worker has started
             proc.start()
         child.close()
         self._proc, self._conn, self._ready = proc, parent, False
@@ -281,16 +281,28 @@ def _has_files(data: Any) -> bool:
 
 
 @contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore SIGINT while starting a process (main thread only; elsewhere a no-op)."""
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back while a process starts, then deliver it (main thread only).
+
+    ``Process.start`` writes the worker's setup down a pipe until the child has read it,
+    seconds on a busy machine: a KeyboardInterrupt inside it would leave a half-started
+    process, and ignoring SIGINT meanwhile lost the Ctrl-C. Here SIGINT is recorded and raised
+    again when the start is over. The child inherits SIGINT blocked, so it cannot print a
+    traceback while it starts; it ignores SIGINT and unblocks it when it serves.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
     try:
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a blocked, pending SIGINT: caught
         signal.signal(signal.SIGINT, previous)
+    if caught:
+        signal.raise_signal(signal.SIGINT)
 
 
 def _death(code: int | None, number: int | None) -> str:

@@ -37,6 +37,7 @@ def serve(conn: Any, setup: messages.WorkerSetup | None = None) -> None:
     """
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the search process's to handle
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])  # blocked while it started
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     quiet_tensorflow()
     if setup is None:
