@@ -52,7 +52,7 @@ def board(results: Path, study: str) -> Any:
 def search_step(args: argparse.Namespace, results: Path) -> dict[str, Any]:
     """Step 1: the search (or the given study), its wall time and the cost measurement's."""
     from automl.search.cost import measuring_seconds
-    from automl.search.record import measured_costs
+    from automl.search.record import StudyRecord, measured_costs
 
     wall = None
     if args.results is None:
@@ -62,7 +62,8 @@ def search_step(args: argparse.Namespace, results: Path) -> dict[str, Any]:
     study, frame = board(results, args.study)
     costs = measured_costs(study)
     return {"wall": wall, "measuring": measuring_seconds(study), "costs": costs,
-            "frame": frame, "study": study}
+            "frame": frame, "study": study,
+            "background": StudyRecord.of(study).size_seconds or {}}
 
 
 def export_step(results: Path, study: str, frame: Any, out: Path) -> dict[str, Any]:
@@ -110,11 +111,16 @@ def report(s: dict[str, Any], e: dict[str, Any], lim: dict[str, Any] | None) -> 
         else " (an existing study: its wall time is not known here)"
     lines.append(f"1. search: {len(s['frame'])} trials; serving-cost measurement "
                  f"{s['measuring']:.1f} s over {len(s['costs'])} architectures{share}")
+    if s["background"]:
+        lines.append(f"   .tflite size conversions in the background (nice 19, beside the "
+                     f"trials): {s['background'].get('cpu', 0.0):.1f} CPU s; the search waited "
+                     f"{s['background'].get('wait', 0.0):.1f} s for them at its end (counted "
+                     f"above)")
     for key, value in sorted(s["costs"].items()):
         part = value.get("backbone") or {}
         lines.append(f"   {key:26} latency {part.get('latency_ms', math.nan):6.2f} ms, "
                      f"{part.get('throughput_ips', math.nan):6.0f} img/s at batch 32, float32 "
-                     f".tflite {part.get('tflite_bytes', 0) / 1e6:5.2f} MB (linear head), "
+                     f".tflite {(part.get('tflite_bytes') or 0) / 1e6:5.2f} MB (linear head), "
                      f"measured in {value.get('seconds', math.nan):.1f} s")
     f, q = e["measured"]["none"], e["measured"]["int8"]
     row = e["row"]

@@ -6,6 +6,7 @@ Shared helpers (data sets, reading results, running the CLI) are in ``helpers.py
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,10 @@ from helpers import animal_mnist_npz
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["AUTOML_OFFLINE"] = "1"  # tests never try a download, with or without internet
+# a suite started in the background of a non-interactive shell inherits SIGINT ignored, and so
+# would every search the Ctrl-C tests start (Python keeps an ignored SIGINT ignored)
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # converted weights are cached once per test session, never in the user's ~/.keras
 # (pytest-xdist's workers inherit it from the main process, which removes it at exit)
 if "AUTOML_HOME" not in os.environ:

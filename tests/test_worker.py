@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from automl.backbones.weights import WeightsResolver
 from automl.config import RunConfig, TrialConfig
 from automl.data.load import load_data
 from automl.errors import TrialFailed
-from automl.search.worker import TrialWorker, _sigint_deferred
+from automl.search.worker import TrialWorker
 from automl.trial.features import FeatureCache
 from automl.trial.run import SearchContext, run_trial
 from automl.trial.trainlog import TrainLog
@@ -78,27 +80,40 @@ def test_a_worker_started_early_runs_trials_once_configured(tiny_npz: Path,
         early.stop()
 
 
+_CTRL_C_AT_START = """
+import os, signal, sys, time
+from automl.search.worker import TrialWorker, sigint_deferred
+
+held = False
+try:
+    with sigint_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # delivered here, it would raise here, before the flag
+        held = True
+except KeyboardInterrupt:
+    print("raised after the start" if held else "raised inside")
+print("handler restored", signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+print("unblocked", signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+# this process's first spawn also launches multiprocessing's resource tracker, which unblocks
+# SIGINT while it starts: the worker must inherit it blocked all the same
+early = TrialWorker.start_early()
+os.kill(early._proc.pid, signal.SIGINT)  # mid-start: blocked, then ignored
+time.sleep(1.0)
+print("worker alive", early._proc.is_alive())
+early.stop()
+"""
+
+
 def test_ctrl_c_while_a_worker_starts_is_delivered_after_the_start_not_lost() -> None:
     """Starting a worker writes its setup down a pipe (seconds on a busy machine): a Ctrl-C
-    meanwhile stops the search right after, and the starting worker never sees it."""
-    import time
-
-    with pytest.raises(KeyboardInterrupt):
-        with _sigint_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.2)  # delivered here, it would raise here, before the flag below
-            held = True
-    assert held
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
-
-    early = TrialWorker.start_early()
-    try:
-        os.kill(early._proc.pid, signal.SIGINT)  # mid-import: blocked, then ignored
-        time.sleep(1.0)
-        assert early._proc.is_alive()
-    finally:
-        early.stop()
+    meanwhile stops the search right after, and the starting worker never sees it. (In a fresh
+    process: a real main thread with Python's own SIGINT handler, no resource tracker yet.)"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", _CTRL_C_AT_START], capture_output=True,
+                         text=True, timeout=120, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert out.stdout.splitlines() == ["raised after the start", "handler restored True",
+                                       "unblocked True", "worker alive True"], out.stderr
 
 
 @pytest.mark.slow

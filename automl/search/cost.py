@@ -82,26 +82,50 @@ def _key(backbone: str, image_size: int) -> str:
     return f"{backbone}@{image_size}"
 
 
-def trial_cost(study: Any, runner: Any, config: Any) -> dict[str, Any]:
+def trial_cost(study: Any, runner: Any, config: Any, convert: bool = True) -> dict[str, Any]:
     """The serving cost of ``config``'s architecture, measured through ``runner`` only if the
-    study does not know it yet (then kept in the study)."""
+    study does not know it yet (then kept in the study).
+
+    A hidden head's cost depends on the backbone's output width, not on the image size: a width
+    measured at another size of the same backbone is reused. ``convert`` False: the ``.tflite``
+    size is only looked up (a search without limits converts in the background,
+    :mod:`automl.search.sizes`).
+    """
     key = _key(config.backbone, config.image_size)
-    entry = dict(record.measured_costs(study).get(key) or {})
+    measured = record.measured_costs(study)
+    entry = dict(measured.get(key) or {})
     width = str(int(config.head_width))
-    if not entry.get("backbone") or width not in entry.get("heads", {}):
+    heads = {**_backbone_heads(measured, config.backbone), **entry.get("heads", {})}
+    if not entry.get("backbone") or width not in heads:
         start = time.monotonic()  # the search's wall time: the worker's round trip included
         # only this trial's width: a width the space offers may not even fit in memory
-        new = runner.measure(config.backbone, int(config.image_size), [int(config.head_width)],
-                             features=entry.get("features") if entry.get("backbone") else None)
+        new = runner.measure(config.backbone, int(config.image_size),
+                             [] if width in heads else [int(config.head_width)],
+                             features=entry.get("features") if entry.get("backbone") else None,
+                             convert=convert)
         seconds = time.monotonic() - start
         # another worker may have measured other widths meanwhile: merge with what is there now
-        entry = dict(record.measured_costs(study).get(key) or entry)
-        heads = {**entry.get("heads", {}), **{str(k): v for k, v in new["heads"].items()}}
+        measured = record.measured_costs(study)
+        entry = dict(measured.get(key) or entry)
+        heads = {**_backbone_heads(measured, config.backbone), **heads, **entry.get("heads", {}),
+                 **{str(k): v for k, v in new["heads"].items()}}
         entry = {"backbone": entry.get("backbone") or new["backbone"],
                  "features": new["features"], "heads": heads,
                  "seconds": float(entry.get("seconds", 0.0)) + seconds}
         record.write_cost(study, key, entry)
+    elif width not in entry.get("heads", {}):  # known from another size of the backbone
+        entry["heads"] = heads
+        record.write_cost(study, key, entry)
     return combine(entry, int(config.head_width))
+
+
+def _backbone_heads(measured: dict[str, dict[str, Any]], backbone: str) -> dict[str, Any]:
+    """Every hidden head width measured on ``backbone`` at any image size (same features)."""
+    heads: dict[str, Any] = {}
+    for key, entry in measured.items():
+        if key.rsplit("@", 1)[0] == backbone:
+            heads.update(entry.get("heads", {}))
+    return heads
 
 
 def known_cost(measured: dict[str, dict[str, Any]],
@@ -121,12 +145,17 @@ def known_cost(measured: dict[str, dict[str, Any]],
 def combine(entry: dict[str, Any], head_width: int) -> dict[str, Any]:
     """A trial's cost from its architecture's measured parts (see the module's docstring)."""
     part, head = entry["backbone"], entry["heads"][str(int(head_width))]
+    nbytes = part.get("tflite_bytes")  # None while its background conversion runs
     return {"latency_ms": round(float(part["latency_ms"]) + float(head["latency_ms"]), 3),
-            "size_mb": round((int(part["tflite_bytes"]) + 4 * int(head["params"])) / MB, 3),
+            "size_mb": (None if nbytes is None
+                        else round((int(nbytes) + 4 * int(head["params"])) / MB, 3)),
             "params": int(part["params"]) + int(head["params"]),
             "throughput_ips": round(float(part["throughput_ips"]), 1)}
 
 
 def measuring_seconds(study: Any) -> float:
-    """Wall seconds the study's cost measurements took, all workers and runs together."""
-    return sum(float(v.get("seconds", 0.0)) for v in record.measured_costs(study).values())
+    """Wall seconds the study's cost measurements held its trials up, all workers and runs
+    together: the measurements between trials and the wait for background size conversions."""
+    waited = (record.StudyRecord.of(study).size_seconds or {}).get("wait", 0.0)
+    return float(waited) + sum(float(v.get("seconds", 0.0))
+                               for v in record.measured_costs(study).values())

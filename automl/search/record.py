@@ -27,7 +27,9 @@ benchmark read any study alike. A trial's attributes (:class:`TrialRecord`):
 and a study's (:class:`StudyRecord`): ``schema``, ``data`` (where the data came from, its
 fingerprint and splits), ``class_names``, ``driver`` (the driver flags it is tied to) and
 ``artifacts`` (the kept-weights folder), ``limits`` (the ``--max-latency-ms``/``--max-size-mb`` it
-was started with: a study keeps them) and, one attribute per measured architecture,
+was started with: a study keeps them), ``size_seconds`` (what the background ``.tflite`` size
+conversions took: ``wait``, wall seconds the search waited for them at its end, and ``cpu``,
+their CPU seconds; ``automl.search.sizes``) and, one attribute per measured architecture,
 ``cost:<backbone>@<image size>`` (``automl.search.cost``).
 
 Attributes are written as a trial goes (``write``: the stage before training, the history
@@ -154,6 +156,7 @@ class StudyRecord(_Attributes):
     driver: str | None = None
     artifacts: str | None = None
     limits: dict[str, float] | None = None
+    size_seconds: dict[str, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -193,6 +196,13 @@ def measured_costs(study: Any) -> dict[str, dict[str, Any]]:
     """Every architecture's measured cost in the study, by ``<backbone>@<image size>``."""
     return {k[len(COST_PREFIX):]: v for k, v in study.user_attrs.items()
             if k.startswith(COST_PREFIX)}
+
+
+def add_size_seconds(study: Any, wait: float = 0.0, cpu: float = 0.0) -> None:
+    """Add to the study's ``size_seconds`` (all runs of it together)."""
+    known = StudyRecord.of(study).size_seconds or {}
+    write_study(study, size_seconds={"wait": float(known.get("wait", 0.0)) + wait,
+                                     "cpu": float(known.get("cpu", 0.0)) + cpu})
 
 
 def write_cost(study: Any, architecture: str, entry: dict[str, Any]) -> None:

@@ -79,11 +79,17 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
     progress = progress if progress is not None else LineProgress(echo)
     validate(req)
     setup = prepare(req, progress.note)
+    sizes = None
     try:
         _announce(setup, progress)
+        sizes = _background_sizes(setup)
         _driver(req.driver).search(setup, _on_trial_end(setup, progress), progress)
+        if sizes is not None:
+            sizes.finish(setup.study, progress.note)
     finally:
         setup.ctx.runner.stop()  # idle after the last trial (Ctrl-C has killed it already)
+        if sizes is not None:
+            sizes.stop()
         progress.close()
     board = _write_board(setup)
     if req.limits.any and (board["state"] == "COMPLETE").sum() == 0:
@@ -199,6 +205,21 @@ def _runner(req: SearchRequest, run: RunConfig, data: Any, resolver: Any, artifa
     return TrialWorker.for_context(trial_ctx)
 
 
+def _background_sizes(setup: SearchSetup) -> Any:
+    """Without limits the ``.tflite`` sizes are only for the leaderboard: convert the space's
+    backbones this machine has no size of in the background (``automl.search.sizes``), while
+    trials run. With limits (a size is needed before training) the trial worker converts.
+    None: nothing to convert, or no trial to run."""
+    from automl.search.drivers.optuna_driver import finished_count
+    from automl.search.sizes import BackgroundSizes
+
+    req = setup.req
+    if req.driver != "optuna" or req.limits.any or finished_count(setup.study) >= req.trials:
+        return None
+    smallest = min(int(s) for s in setup.space.params["image_size"].values())
+    return BackgroundSizes.start(setup.space.backbones(), smallest, len(setup.data.class_names))
+
+
 def _announce(setup: SearchSetup, progress: SearchProgress) -> None:
     """The study, its finished trials and the data in one line; then the progress view starts."""
     from automl.search import leaderboard
@@ -234,8 +255,10 @@ def _on_trial_end(setup: SearchSetup, progress: SearchProgress) -> Callable[[Any
     """After every trial: keep the best trials' weights, rewrite the leaderboard, report it."""
     from automl.search import leaderboard
     from automl.search.drivers.optuna_driver import finished_count
+    from automl.search.sizes import fill
 
     def on_trial_end(study: Any, trial: Any) -> None:
+        fill(study, len(setup.data.class_names))  # sizes converted in the background since
         board = leaderboard.from_study(study, setup.artifacts)
         _keep_best_weights(board, setup.ctx.trials_dir, setup.req.run.keep_weights,
                            _in_use(study))

@@ -25,6 +25,7 @@ import multiprocessing
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -136,7 +137,7 @@ class TrialWorker:
         raise _ERRORS.get(msg.kind, TrialFailed)(msg.message)
 
     def measure(self, backbone: str, image_size: int, head_widths: list[int],
-                features: int | None = None) -> dict[str, Any]:
+                features: int | None = None, convert: bool = True) -> dict[str, Any]:
         """:func:`automl.trial.cost.measure` in the worker (TrialFailed if it fails).
 
         It runs in the running worker, also one due for replacement (a new architecture's first
@@ -147,7 +148,8 @@ class TrialWorker:
         self._ensure_started(replace=False)
         self._after_measure = True
         try:
-            self._send(MeasureCost(backbone, image_size, tuple(head_widths), features), None)
+            self._send(MeasureCost(backbone, image_size, tuple(head_widths), features, convert),
+                       None)
             msg = self._receive(None)
         except BaseException as exc:
             if not isinstance(exc, Exception):
@@ -219,7 +221,7 @@ class TrialWorker:
         # through the pipe a send would wait until the child has imported TensorFlow
         proc = context.Process(target=_child_main, args=(child, self._setup), daemon=True,
                                name="automl-trial-worker")
-        with _sigint_deferred():  # Ctrl-C during the start acts once the worker has started
+        with sigint_deferred():  # Ctrl-C during the start acts once the worker has started
             proc.start()
         child.close()
         self._proc, self._conn, self._ready = proc, parent, False
@@ -281,18 +283,22 @@ def _has_files(data: Any) -> bool:
 
 
 @contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
+def sigint_deferred() -> Iterator[None]:
     """Hold Ctrl-C back while a process starts, then deliver it (main thread only).
 
     ``Process.start`` writes the worker's setup down a pipe until the child has read it,
     seconds on a busy machine: a KeyboardInterrupt inside it would leave a half-started
     process, and ignoring SIGINT meanwhile lost the Ctrl-C. Here SIGINT is recorded and raised
     again when the start is over. The child inherits SIGINT blocked, so it cannot print a
-    traceback while it starts; it ignores SIGINT and unblocks it when it serves.
+    traceback while it starts; it ignores SIGINT and unblocks it when it serves
+    (``automl.trial.child``).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    # a process's first spawn launches multiprocessing's resource tracker, which blocks SIGINT
+    # while it starts and then unblocks it: the child would start with SIGINT unblocked
+    resource_tracker.ensure_running()
     caught: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])

@@ -10,8 +10,9 @@ resize, preprocessing, backbone, pooling, a linear head):
 - ``throughput_ips``: images a second at batch ``THROUGHPUT_BATCH``;
 - ``tflite_bytes``: the float32 ``.tflite`` file of that graph at a fixed [1, S, S, 3] input.
   Its weights do not depend on S, and converting takes ~10 s, so it is converted once per
-  backbone and number of classes and kept in ``<AUTOML_HOME>/cost/tflite_bytes.json`` (keyed
-  by TensorFlow's version too) for every later search on this machine.
+  backbone and number of classes and kept (:mod:`automl.trial.size_store`) for every later
+  search on this machine. A search without limits converts in a niced background process
+  (:mod:`automl.trial.background_sizes`) and ``measure`` only looks the size up.
 
 A hidden head layer of width w (:func:`head_costs`) adds its parameters (4 bytes each in the
 float32 file) and its own measured batch-1 latency. :func:`measure` returns both parts; the
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -30,10 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from automl.atomic import write_atomic
 from automl.backbones.registry import get_spec
 from automl.config import TrialConfig
-from automl.paths import automl_home
+from automl.trial import size_store
 
 LATENCY_CALLS, LATENCY_WARMUP = 50, 10
 THROUGHPUT_BATCH, THROUGHPUT_CALLS = 32, 3
@@ -61,35 +60,24 @@ def _config(backbone: str, image_size: int, head_width: int) -> TrialConfig:
                                     "augmentation": "none"})
 
 
-def _size_store() -> Any:
-    return automl_home() / "cost" / "tflite_bytes.json"
-
-
-def _tflite_bytes(model: Any, size: int, backbone: str, n_classes: int) -> int:
-    """The float32 .tflite size of ``model`` as ``automl export --format tflite`` converts it
-    (converted once per machine, backbone and number of classes, then remembered)."""
-    import tensorflow as tf
-
+def convert_size(backbone: str, image_size: int, n_classes: int,
+                 model: Any | None = None) -> int:
+    """The float32 .tflite size of ``backbone``'s inference graph as ``automl export --format
+    tflite`` converts it (``model``: one built already, else built with random weights),
+    converted once per machine, backbone and number of classes, then remembered."""
     from automl.trial.tflite_convert import convert
 
-    store = _size_store()
-    key = f"{backbone}|classes={n_classes}|tensorflow={tf.__version__}"
-    try:
-        known = json.loads(store.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        known = {}
-    if not isinstance(known, dict):
-        known = {}
-    if isinstance(known.get(key), int):
-        return int(known[key])
+    known = size_store.known_bytes(backbone, n_classes)
+    if known is not None:
+        return known
+    if model is None:
+        from automl.trial.model import build_model
+
+        model = build_model(_config(backbone, image_size, 0), get_spec(backbone), n_classes,
+                            None).inference
     with contextlib.redirect_stdout(io.StringIO()):  # the converter's chatter
-        nbytes = len(convert(model, size, n_classes == 2, "none"))
-    known[key] = nbytes
-    try:
-        store.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(store, lambda p: p.write_text(json.dumps(known, indent=1), encoding="utf-8"))
-    except OSError:  # a read-only home: measured again next time
-        pass
+        nbytes = len(convert(model, image_size, n_classes == 2, "none"))
+    size_store.remember(backbone, n_classes, nbytes)
     return nbytes
 
 
@@ -133,12 +121,14 @@ def head_costs(features: int, widths: list[int], n_classes: int) -> dict[int, di
 
 
 def measure(backbone: str, image_size: int, n_classes: int, head_widths: list[int],
-            features: int | None = None) -> dict[str, Any]:
+            features: int | None = None, convert: bool = True) -> dict[str, Any]:
     """The cost of (backbone, image size) with a linear head, and of each hidden head width.
 
     ``{"backbone": {latency_ms, throughput_ips, params, tflite_bytes} | None, "features": F,
     "heads": {width: {params, latency_ms}}, "seconds": s}``. Given ``features`` (the backbone's
     output width, from an earlier measurement) only the heads are measured: no backbone is built.
+    ``convert`` False: the size is only looked up (None until :func:`convert_size` ran, in the
+    background process of a search without limits).
     """
     import tensorflow as tf
 
@@ -161,8 +151,8 @@ def measure(backbone: str, image_size: int, n_classes: int, head_widths: list[in
         batch_ms = median_ms(lambda: call(many).numpy(), THROUGHPUT_CALLS, 1)
         part = {"latency_ms": latency, "throughput_ips": THROUGHPUT_BATCH * 1000.0 / batch_ms,
                 "params": int(tm.inference.count_params()),
-                "tflite_bytes": _tflite_bytes(tm.inference, image_size, backbone,
-                                              n_classes)}
+                "tflite_bytes": (convert_size(backbone, image_size, n_classes, tm.inference)
+                                 if convert else size_store.known_bytes(backbone, n_classes))}
     heads = head_costs(features, head_widths, n_classes)
     seconds = time.perf_counter() - start
     reset_keras(0)

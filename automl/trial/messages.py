@@ -80,6 +80,7 @@ class MeasureCost:
     image_size: int
     head_widths: tuple[int, ...]
     features: int | None = None
+    convert: bool = True  # False: the .tflite size is only looked up (converted elsewhere)
 
 
 @dataclass(frozen=True)

@@ -59,14 +59,14 @@ class InProcessRunner:
                          train_log, warm)
 
     def measure(self, backbone: str, image_size: int, head_widths: list[int],
-                features: int | None = None) -> dict[str, Any]:
+                features: int | None = None, convert: bool = True) -> dict[str, Any]:
         """:func:`automl.trial.cost.measure` for this run's classes."""
         from automl.trial.cost import measure
         from automl.trial.model import reset_keras
 
         try:
             return measure(backbone, image_size, len(self.ctx.data.class_names), head_widths,
-                           features)
+                           features, convert)
         finally:
             reset_keras(self.ctx.run.seed)
 

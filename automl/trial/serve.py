@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import traceback
 from typing import Any
 
@@ -18,6 +17,7 @@ from automl.backbones.weights import WeightsResolver
 from automl.data.splits import image_cache_dir
 from automl.errors import AutoMLError
 from automl.trial import messages
+from automl.trial.child import die_with_parent, leave_ctrl_c_to_the_parent
 from automl.trial.features import FeatureCache
 from automl.trial.quiet import quiet_tensorflow
 from automl.trial.run import SearchContext, run_trial, trains_on_cache
@@ -35,9 +35,8 @@ def serve(conn: Any, setup: messages.WorkerSetup | None = None) -> None:
     A worker started early (as the search starts, to import TensorFlow while the search loads
     the data and opens the study) has no ``setup`` yet: it reads it from the pipe.
     """
-    _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the search process's to handle
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])  # blocked while it started
+    die_with_parent()
+    leave_ctrl_c_to_the_parent()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     quiet_tensorflow()
     if setup is None:
@@ -106,7 +105,7 @@ def _measure(ctx: SearchContext, msg: messages.MeasureCost) -> messages.Cost | m
 
     try:
         return messages.Cost(measure(msg.backbone, msg.image_size, len(ctx.data.class_names),
-                                     list(msg.head_widths), msg.features))
+                                     list(msg.head_widths), msg.features, msg.convert))
     except Exception as exc:
         text = str(exc).splitlines()[0][:300] if str(exc) else ""
         end = messages.TrialEnd([], 1, 0.0, _memory(ctx), True)
@@ -146,17 +145,3 @@ def _memory(ctx: Any) -> messages.Memory:
         rss = peak if sys.platform == "darwin" else peak * 1024
     cached = ctx.cache.memory_bytes + ctx.data.cached_bytes()
     return messages.Memory(rss / 2**20, cached / 2**20)
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker when the search process dies (even by kill -9).
-
-    A parent that died before this took effect closed the pipe: the worker's first read ends it.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass

@@ -324,7 +324,8 @@ def _measure_after(study: optuna.Study, ctx: DriverContext, config: TrialConfig)
     """Measure a trial's architecture once it has finished (kept in the study; the leaderboard
     reads it from there), so the first results are not held up by it; a failure is a warning."""
     try:
-        trial_cost(study, ctx.runner, config)
+        # its .tflite size is converted in the background (automl.search.sizes), not here
+        trial_cost(study, ctx.runner, config, convert=False)
     except Exception as exc:
         log.warning("could not measure the serving cost of %s at %d px: %s", config.backbone,
                     config.image_size, exc)
