@@ -86,9 +86,11 @@ def main() -> None:
     from automl.backbones.weights import WeightsResolver
     from automl.config import TrialConfig
     from automl.data.load import load_data
+    from automl.data.twins import thumbnails
     from automl.report import inspect
     from automl.trial.model import build_model
     from automl.trial.run import extract_features
+    from automl.trust.leakage import THUMBNAIL_MAX, THUMBNAIL_THRESHOLD
 
     with tempfile.TemporaryDirectory(prefix="automl-leakage-") as tmp:
         root = Path(tmp) / "data"
@@ -105,7 +107,7 @@ def main() -> None:
                     for name, split in data.splits().items()}
         extracted = time.perf_counter() - start
         start = time.perf_counter()
-        thumbs = inspect.thumbnails(data)
+        thumbs = thumbnails(data)
         pairs = inspect.find_pairs(data, features, thumbs)
         found_s = time.perf_counter() - start
         twins = data.test_twins()
@@ -116,7 +118,7 @@ def main() -> None:
               f"training images (seed {args.seed}); byte-identical test/train twins: {twins}")
         print(f"method: content hash, or pooled Lite0 {args.size} px activations cosine >= "
               f"{inspect.ACTIVATION_THRESHOLD}, or grey thumbnails (at the data's smallest side, "
-              f"max {inspect.THUMBNAIL_MAX} px) cosine >= {inspect.THUMBNAIL_THRESHOLD}")
+              f"max {THUMBNAIL_MAX} px) cosine >= {THUMBNAIL_THRESHOLD}")
         for label, keep in (("chosen (hash | activations | thumbnails)", None),
                             ("activations alone", "activations"),
                             ("thumbnails alone", "thumbnails")):

@@ -123,6 +123,17 @@ def image_folder(root: Path, images: Mapping[str, Sequence[np.ndarray]]) -> Path
     return root
 
 
+def jpeg_copy(image: np.ndarray, side: int, quality: int) -> bytes:
+    """A grey uint8 image (h, w) upscaled to ``side`` x ``side`` (bicubic) and saved as an RGB
+    JPEG of ``quality``: a near copy that no content hash matches."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).resize((side, side), Image.BICUBIC).convert("RGB").save(
+        buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
 # ------------------------------------------------------------------------- reading the results
 
 
