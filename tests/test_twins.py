@@ -8,12 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import jpeg_copy, write_npz
+from helpers import (
+    animal_mnist_npz,
+    folder_data,
+    jpeg_copy,
+    score_leaks,
+    write_leaky_folder,
+    write_npz,
+)
 from PIL import Image
 
 from automl.data.load import load_data
 from automl.data.sources import read_animal_mnist
-from automl.data.twins import Leaks, count_leaks
+from automl.data.twins import Leaks, count_leaks, near_pairs, thumbnails
 from automl.search.run import leak_message
 
 
@@ -110,3 +117,28 @@ def test_near_copies_in_a_split_automl_carved(tmp_path, arrays) -> None:
     assert leak_message(data).endswith(
         "inflated; automl carved the test split, keeping only byte-identical images together. "
         "`automl inspect` lists them.")
+
+
+def test_thumbnails_find_resized_jpeg_copies_among_2000_files(tmp_path) -> None:
+    """The issue's target on 2,000 images of the embedded data (150 / 10 / 40 a class) written
+    as files, 20 test images replaced by resized (42-84 px) JPEG copies of training images, as
+    benchmarks/leakage.py does on all 10,000: the production path (thumbnails at the data's
+    native 28 px, THUMBNAIL_THRESHOLD) finds >= 19 of them with <= 5 false pairs, and the
+    search's count sees them."""
+    data = load_data(animal_mnist_npz(tmp_path / "d.npz", 150, 10, 40))
+    pixels, injected = write_leaky_folder(tmp_path / "files", data, 20, seed=0)
+    files = folder_data(tmp_path / "files")
+    assert (len(files.train), len(files.validation), len(files.test)) == (1500, 100, 400)
+    thumbs = thumbnails(files)
+    assert {f.shape[1] for f in thumbs.values()} == {28 * 28}
+    pairs = near_pairs(thumbs)
+    names = {name: split.source_names() for name, split in files.splits().items()}
+    pairs["source_a"] = [names[s][i] for s, i in zip(pairs.split_a, pairs.index_a, strict=True)]
+    pairs["source_b"] = [names[s][i] for s, i in zip(pairs.split_b, pairs.index_b, strict=True)]
+    found, false = score_leaks(pairs, injected, pixels)
+    print(f"found {found} of 20 copies, {false} false pairs")
+    assert found >= 19 and false <= 5
+    leaks = count_leaks(files)
+    assert leaks.images == 400 and leaks.near >= 19
+    assert count_leaks(files, max_files=1899) == Leaks(400, leaks.exact, None)  # 1,900 files
+    assert count_leaks(files, max_pixels=1900 * 28 * 28).near is None  # more pixels: the JPEGs
