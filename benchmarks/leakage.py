@@ -18,61 +18,13 @@ parts alone.
 from __future__ import annotations
 
 import argparse
-import io
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-
-def write_folder(root: Path, data, copies: int, seed: int) -> tuple[dict[str, np.ndarray],
-                                                                     set[tuple[str, str]]]:
-    """The splits as PNG folders with ``copies`` test images replaced by JPEG copies of
-    training images; returns each file's original 28x28 pixels and the injected
-    (train file, test file) pairs."""
-    rng = np.random.default_rng(seed)
-    pixels: dict[str, np.ndarray] = {}
-    sources = rng.choice(len(data.train), copies, replace=False)
-    replaced = set(rng.choice(len(data.test), copies, replace=False).tolist())
-    names = data.class_names
-    for split_name, split in data.splits().items():
-        for i, (image, label) in enumerate(zip(split.array, split.labels, strict=True)):
-            if split_name == "test" and i in replaced:
-                continue
-            path = root / split_name / names[label] / f"{i:05d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image[..., 0]).save(path)
-            pixels[str(path)] = image[..., 0]
-    injected = set()
-    for k, (source, target) in enumerate(zip(sources, sorted(replaced), strict=True)):
-        image = data.train.array[source, ..., 0]
-        side = int(rng.integers(42, 85))
-        buffer = io.BytesIO()
-        Image.fromarray(image).resize((side, side), Image.BICUBIC).convert("RGB").save(
-            buffer, "JPEG", quality=int(rng.integers(60, 91)))
-        label = names[data.train.labels[source]]
-        path = root / "test" / label / f"copy{k:02d}_{target:05d}.jpg"
-        path.write_bytes(buffer.getvalue())
-        pixels[str(path)] = image
-        train_path = root / "train" / label / f"{source:05d}.png"
-        injected.add((str(train_path), str(path)))
-    return pixels, injected
-
-
-def score(pairs, injected: set[tuple[str, str]], pixels: dict[str, np.ndarray]) -> tuple[int,
-                                                                                         int]:
-    """(injected pairs found, false pairs across splits)."""
-    across = pairs[pairs["split_a"] != pairs["split_b"]]
-    found = set(zip(across["source_a"], across["source_b"], strict=True))
-
-    def unit(path: str) -> np.ndarray:
-        v = pixels[path].astype(np.float64).ravel()
-        return v / max(np.linalg.norm(v), 1e-12)
-
-    false = [p for p in found - injected if unit(p[0]) @ unit(p[1]) < 0.99]
-    return len(found & injected), len(false)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import score_leaks, write_leaky_folder  # noqa: E402  (shared with the tests)
 
 
 def main() -> None:
@@ -86,13 +38,15 @@ def main() -> None:
     from automl.backbones.weights import WeightsResolver
     from automl.config import TrialConfig
     from automl.data.load import load_data
+    from automl.data.twins import thumbnails
     from automl.report import inspect
     from automl.trial.model import build_model
     from automl.trial.run import extract_features
+    from automl.trust.leakage import THUMBNAIL_MAX, THUMBNAIL_THRESHOLD
 
     with tempfile.TemporaryDirectory(prefix="automl-leakage-") as tmp:
         root = Path(tmp) / "data"
-        pixels, injected = write_folder(root, load_data(None), args.copies, args.seed)
+        pixels, injected = write_leaky_folder(root, load_data(None), args.copies, args.seed)
         start = time.perf_counter()
         data = load_data(root)
         loaded = time.perf_counter() - start
@@ -105,7 +59,7 @@ def main() -> None:
                     for name, split in data.splits().items()}
         extracted = time.perf_counter() - start
         start = time.perf_counter()
-        thumbs = inspect.thumbnails(data)
+        thumbs = thumbnails(data)
         pairs = inspect.find_pairs(data, features, thumbs)
         found_s = time.perf_counter() - start
         twins = data.test_twins()
@@ -116,12 +70,12 @@ def main() -> None:
               f"training images (seed {args.seed}); byte-identical test/train twins: {twins}")
         print(f"method: content hash, or pooled Lite0 {args.size} px activations cosine >= "
               f"{inspect.ACTIVATION_THRESHOLD}, or grey thumbnails (at the data's smallest side, "
-              f"max {inspect.THUMBNAIL_MAX} px) cosine >= {inspect.THUMBNAIL_THRESHOLD}")
+              f"max {THUMBNAIL_MAX} px) cosine >= {THUMBNAIL_THRESHOLD}")
         for label, keep in (("chosen (hash | activations | thumbnails)", None),
                             ("activations alone", "activations"),
                             ("thumbnails alone", "thumbnails")):
             part = pairs if keep is None else pairs[pairs["found_by"].str.contains(keep)]
-            hits, false = score(part, injected, pixels)
+            hits, false = score_leaks(part, injected, pixels)
             print(f"  {label:42s} found {hits}/{len(injected)} (target >= 19), false pairs "
                   f"across splits {false} (target <= 5)")
         copies = pairs[[(a, b) in injected for a, b in zip(pairs.source_a, pairs.source_b,

@@ -123,6 +123,82 @@ def image_folder(root: Path, images: Mapping[str, Sequence[np.ndarray]]) -> Path
     return root
 
 
+def jpeg_copy(image: np.ndarray, side: int, quality: int) -> bytes:
+    """A grey uint8 image (h, w) upscaled to ``side`` x ``side`` (bicubic) and saved as an RGB
+    JPEG of ``quality``: a near copy that no content hash matches."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).resize((side, side), Image.BICUBIC).convert("RGB").save(
+        buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def write_leaky_folder(root: Path, data: Any, copies: int,
+                       seed: int) -> tuple[dict[str, np.ndarray], set[tuple[str, str]]]:
+    """``data``'s splits (28x28x1 arrays) as ``root/<split>/<class>/<i>.png`` with ``copies``
+    test images (drawn with ``seed``) replaced by copies of training images, each a
+    :func:`jpeg_copy` at a random 42-84 px and quality 60-90, in its source's class folder
+    (what ``benchmarks/leakage.py`` and the leakage tests find); returns each file's original
+    28x28 pixels and the injected (train file, test file) pairs."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels: dict[str, np.ndarray] = {}
+    sources = rng.choice(len(data.train), copies, replace=False)
+    replaced = set(rng.choice(len(data.test), copies, replace=False).tolist())
+    names = data.class_names
+    for split_name, split in data.splits().items():
+        for i, (image, label) in enumerate(zip(split.array, split.labels, strict=True)):
+            if split_name == "test" and i in replaced:
+                continue
+            path = root / split_name / names[label] / f"{i:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image[..., 0]).save(path)
+            pixels[str(path)] = image[..., 0]
+    injected = set()
+    for k, (source, target) in enumerate(zip(sources, sorted(replaced), strict=True)):
+        image = data.train.array[source, ..., 0]
+        copy = jpeg_copy(image, int(rng.integers(42, 85)), int(rng.integers(60, 91)))
+        label = names[data.train.labels[source]]
+        path = root / "test" / label / f"copy{k:02d}_{target:05d}.jpg"
+        path.write_bytes(copy)
+        pixels[str(path)] = image
+        injected.add((str(root / "train" / label / f"{source:05d}.png"), str(path)))
+    return pixels, injected
+
+
+def score_leaks(pairs: Any, injected: set[tuple[str, str]],
+                pixels: dict[str, np.ndarray]) -> tuple[int, int]:
+    """(injected pairs found, false pairs across splits) of ``pairs`` (``source_a, split_a,
+    source_b, split_b`` columns) for :func:`write_leaky_folder`'s files: a pair is false only if
+    it is neither injected nor near-identical in the original pixels (cosine >= 0.99)."""
+    across = pairs[pairs["split_a"] != pairs["split_b"]]
+    found = set(zip(across["source_a"], across["source_b"], strict=True))
+
+    def unit(path: str) -> np.ndarray:
+        v = pixels[path].astype(np.float64).ravel()
+        return v / max(np.linalg.norm(v), 1e-12)
+
+    false = [p for p in found - injected if unit(p[0]) @ unit(p[1]) < 0.99]
+    return len(found & injected), len(false)
+
+
+def folder_data(root: Path) -> Any:
+    """The class folders under ``root/train``, ``validation`` [and ``test``] as the given splits
+    ``load_data(root)`` makes of them (same order, names and content hashes), without
+    TensorFlow: every file is taken as decodable (write only valid images there)."""
+    from automl.data.sources import read_directory
+    from automl.data.splits import Datasets, Split
+
+    raw = read_directory(root, lambda paths: ([True] * len(paths), [False] * len(paths)))
+    splits = {name: Split(name, pool.labels, paths=pool.paths, use_pil=pool.use_pil,
+                          index=np.arange(len(pool.labels)), hashes=pool.content_hashes())
+              for name, pool in raw.pools.items()}
+    return Datasets(raw.class_names, splits["train"], splits["validation"], splits.get("test"),
+                    str(root), "unchecked-folder")
+
+
 # ------------------------------------------------------------------------- reading the results
 
 

@@ -111,6 +111,36 @@ def test_splits_name_each_image_by_its_place_in_the_source(default, tmp_path):
     assert data.test_twins() == 4 - int(np.isin(np.arange(4), data.validation.index).sum())
 
 
+def test_folder_splits_name_each_image_by_its_file(tmp_path):
+    """Folder data: ``source`` (``Split.source_names``, the first column of `automl inspect`'s
+    CSVs) is each image's file path, whether automl carved the split or the folder gave it,
+    and that file holds the image."""
+    rng = np.random.default_rng(0)
+    pools = {split: {name: [_noise(rng, 12, 12) for _ in range(count)]
+                     for name in ("cat", "dog")}
+             for split, count in (("train", 6), ("validation", 2), ("test", 3))}
+    carved_root = image_folder(tmp_path / "carved", pools["train"])
+    carved = load_data(carved_root, val_split=0.25, test_split=0.25)
+    given_root = tmp_path / "given"
+    for split, images in pools.items():
+        image_folder(given_root / split, images)
+    given = load_data(given_root)
+    assert given.test.source_names() == [str(given_root / "test" / name / f"{i}.png")
+                                         for name in ("cat", "dog") for i in range(3)]
+    assert sorted(p for s in carved.splits().values() for p in s.source_names()) == sorted(
+        str(carved_root / name / f"{i}.png") for name in ("cat", "dog") for i in range(6))
+    for data, root in ((carved, carved_root), (given, given_root)):
+        for split in data.splits().values():
+            assert split.source_names() == split.paths
+            for source, label in zip(split.source_names(), split.labels, strict=True):
+                path = Path(source)
+                name = data.class_names[label]
+                assert path.parent.name == name
+                pool = pools["train" if root == carved_root else split.name][name]
+                with Image.open(path) as image:
+                    assert np.array_equal(np.asarray(image), pool[int(path.stem)])
+
+
 def test_given_splits_are_checked_never_changed(tmp_path):
     x = np.arange(30 * 4, dtype=np.uint8).reshape(30, 2, 2, 1)
     y = np.arange(30) % 3

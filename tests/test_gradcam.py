@@ -103,3 +103,40 @@ def test_binary_models_explain_either_class() -> None:
     np.testing.assert_allclose(one.probs, np.stack([1 - p, p], axis=1), rtol=1e-4, atol=1e-6)
     # where one map has evidence the other has none: the supports do not overlap
     assert (np.minimum(one.heatmaps, zero.heatmaps) < 1e-3).mean() > 0.5
+
+
+def test_a_flat_map_says_so_on_its_tile_and_the_report_counts_it() -> None:
+    """With the head's kernel zeroed every class scores its bias whatever the image: no cell
+    raises it, so Grad-CAM's maps come out all zero (flat, as a giraffe's did in the embedded
+    data). Beside real maps, a flat map's tile says so in its title and a box, and the
+    report's Grad-CAM text gives how many maps are flat."""
+    from automl.report.gradcam import flat_maps
+    from automl.report.plots import gradcam_figure
+    from automl.report.report import gradcam_text
+
+    tm = _model("efficientnet_lite0", 128, freeze=1.0)
+    images = _images(128)
+    real = grad_cam(tm, images)
+    dense = tm.head.get_layer("predictions")
+    dense.kernel.assign(np.zeros(dense.kernel.shape, "float32"))
+    zeroed = grad_cam(tm, images)
+    assert not zeroed.heatmaps.any()
+    order = [(real, 0), (zeroed, 0), (real, 1), (zeroed, 1)]
+    heatmaps = np.stack([cam.heatmaps[i] for cam, i in order])
+    flat = flat_maps(heatmaps)
+    assert flat.tolist() == [False, True, False, True]
+
+    fig = gradcam_figure(np.stack([images[i] for _, i in order]), heatmaps,
+                         ["cat", "cat", "coffee", "coffee"], "Grad-CAM", flat=flat)
+    maps = fig.axes[1::2]  # each tile: the image, then its map laid over it
+    assert [ax.get_title() for ax in maps] == ["Grad-CAM", "Grad-CAM: flat map"] * 2
+    assert [[t.get_text() for t in ax.texts] for ax in maps] == [
+        [], ["flat map:\nno localised\nevidence"]] * 2
+
+    assert gradcam_text(real, 128, flat) == (
+        f"Heatmaps of the predicted class over the first test image of each class, from the "
+        f"activation of layer '{real.layer}' (4x4 cells, input 128x128). A flat map (its values "
+        "span less than 5% of the scale, e.g. all zero: no cell raises the class score) is "
+        "marked on its tile; 2 here.")
+    assert gradcam_text(real, 128, flat_maps(real.heatmaps)).endswith("marked on its tile.")
+    assert gradcam_text(zeroed, 128, flat_maps(zeroed.heatmaps)).endswith("; 2 here.")

@@ -13,7 +13,8 @@ from helpers import plain_carve, run_cli, write_npz
 
 from automl.data.load import load_data
 from automl.data.sources import read_animal_mnist
-from automl.report.inspect import find_pairs, pair_counts, thumbnails
+from automl.data.twins import thumbnails
+from automl.report.inspect import find_pairs, pair_counts
 from automl.search.run import leak_message
 
 pytestmark = pytest.mark.slow

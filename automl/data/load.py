@@ -115,7 +115,7 @@ def load_data(source: str | os.PathLike | None, *, val_split: float = 0.15,
                       f"{shown}{more}.", DataWarning, stacklevel=2)
     return Datasets(list(raw.class_names), splits["train"], splits["validation"],
                     splits.get("test"), describe_source(source), h.hexdigest(),
-                    list(raw.skipped))
+                    list(raw.skipped), list(carve))
 
 
 # ------------------------------------------------------------------------------------ helpers

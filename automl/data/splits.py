@@ -81,6 +81,7 @@ class Datasets:
     source: str
     fingerprint: str
     skipped: list[str] = field(default_factory=list)
+    carved: list[str] = field(default_factory=list)  # splits automl carved out of train's pool
 
     @property
     def num_classes(self) -> int:

@@ -28,19 +28,17 @@ import pandas as pd
 
 from automl.atomic import write_atomic, write_text_atomic
 from automl.config import TrialConfig, study_dir
+from automl.data import twins
 from automl.errors import ConfigError, DataError
 from automl.search import leaderboard
 from automl.search.record import StudyRecord, TrialRecord
 from automl.trust import leakage
 from automl.trust.labels import rank_label_issues
 
-__all__ = ["ACTIVATION_THRESHOLD", "THUMBNAIL_THRESHOLD", "Inspection", "find_pairs",
-           "inspect_study", "label_issues", "thumbnails"]
+__all__ = ["ACTIVATION_THRESHOLD", "Inspection", "find_pairs", "inspect_study", "label_issues"]
 log = logging.getLogger("automl")
 
 ACTIVATION_THRESHOLD = leakage.DEFAULT_THRESHOLD  # 0.97: only copies reach it on Lite0 96 px
-THUMBNAIL_THRESHOLD = 0.985  # grey thumbnails at the data's size: resized/JPEG copies (see README)
-THUMBNAIL_MAX = 32           # thumbnail side: the smallest image side of the data, at most this
 LABEL_CSV, PAIRS_CSV, SUMMARY_JSON = "label_issues.csv", "duplicates.csv", "inspect.json"
 SPLIT_PAIRS = [("train", "test"), ("validation", "test"), ("train", "validation"),
                ("train", "train"), ("validation", "validation"), ("test", "test")]
@@ -81,38 +79,6 @@ def label_issues(data: Any, features: dict[str, np.ndarray], seed: int = 0) -> p
                          "score": table["score"].to_numpy()})
 
 
-def thumbnails(data: Any) -> dict[str, np.ndarray]:
-    """Grey thumbnail embeddings (:func:`automl.trust.leakage.thumbnail_embedding`) of every
-    split, at the data's smallest image side (at most ``THUMBNAIL_MAX``): a copy holds no more
-    detail than its source, and at its native size a resized copy averages back onto it."""
-    from PIL import Image
-
-    splits = data.splits()
-    if all(s.array is not None for s in splits.values()):
-        side = min(min(s.array.shape[1:3]) for s in splits.values())
-        size = min(THUMBNAIL_MAX, side)
-        return {name: leakage.thumbnail_embedding(s.array, size) for name, s in splits.items()}
-    sides = []
-    for s in splits.values():
-        if s.array is not None:
-            sides.append(min(s.array.shape[1:3]))
-        else:
-            for path in s.paths:
-                with Image.open(path) as im:
-                    sides.append(min(im.size))
-    size = min(THUMBNAIL_MAX, min(sides))
-    out = {}
-    for name, s in splits.items():
-        if s.array is not None:
-            out[name] = leakage.thumbnail_embedding(s.array, size)
-        else:
-            from automl.data.sources import pil_rgb
-
-            out[name] = np.concatenate([leakage.thumbnail_embedding(pil_rgb(p)[None], size)
-                                        for p in s.paths])
-    return out
-
-
 def find_pairs(data: Any, features: dict[str, np.ndarray],
                thumbs: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Duplicate pairs, one row per pair: ``source_a, source_b, split_a, index_a, split_b,
@@ -120,15 +86,16 @@ def find_pairs(data: Any, features: dict[str, np.ndarray],
 
     Exact duplicates (content hash) in any splits, within one too; near-duplicates across
     splits whose pooled activations reach ``ACTIVATION_THRESHOLD`` or whose thumbnails reach
-    ``THUMBNAIL_THRESHOLD``. Ordered by split pair (train-test first), exact first, then most
-    similar first. ``b`` is the later split (a test image leaking from train is ``b``).
+    ``leakage.THUMBNAIL_THRESHOLD`` (:mod:`automl.data.twins`, as the search's leak warning).
+    Ordered by split pair (train-test first), exact first, then most similar first. ``b`` is
+    the later split (a test image leaking from train is ``b``).
     """
     splits = data.splits()
-    thumbs = thumbs if thumbs is not None else thumbnails(data)
+    thumbs = thumbs if thumbs is not None else twins.thumbnails(data)
     found: dict[tuple[str, int, str, int], set[str]] = {}
     exact = leakage.exact_duplicates({n: s.hashes.tolist() for n, s in splits.items()})
     near_act = leakage.near_duplicates(features, threshold=ACTIVATION_THRESHOLD)
-    near_thumb = leakage.near_duplicates(thumbs, threshold=THUMBNAIL_THRESHOLD)
+    near_thumb = twins.near_pairs(thumbs)
     for how, frame in (("hash", exact), ("activations", near_act), ("thumbnails", near_thumb)):
         for ia, sa, ib, sb in frame[["index_a", "split_a", "index_b", "split_b"]].itertuples(
                 index=False):
@@ -225,7 +192,7 @@ def inspect_study(results: Path, study_name: str, storage: str | None = None,
     summary = {"trial": number, "backbone": config.backbone, "image_size": config.image_size,
                "fingerprint": loaded.fingerprint, "images_ranked": len(labels),
                "thresholds": {"activations": ACTIVATION_THRESHOLD,
-                              "thumbnails": THUMBNAIL_THRESHOLD},
+                              "thumbnails": leakage.THUMBNAIL_THRESHOLD},
                "counts": counts.to_dict(orient="records")}
     files.append(write_text_atomic(folder / SUMMARY_JSON,
                                    json.dumps(summary, indent=2, default=_plain)))

@@ -363,7 +363,7 @@ def _pick_images(split: Any, size: int, indices: list[int]) -> np.ndarray:
 
 def _test_sections(page: _Page, test: TestEvaluation, model_and_split: Any, size: int,
                    row: pd.Series) -> pd.DataFrame:
-    from automl.report.gradcam import FLAT, flat_maps, grad_cam
+    from automl.report.gradcam import flat_maps, grad_cam
     from automl.report.plots import confusion_figure, gallery_figure, gradcam_figure
 
     tm, split = model_and_split
@@ -397,14 +397,22 @@ def _test_sections(page: _Page, test: TestEvaluation, model_and_split: Any, size
     titles = [f"true: {names[test.labels[i]]}\npred: {names[c]} ({cams.probs[k, c]:.2f})"
               for k, (i, c) in enumerate(zip(chosen, cams.classes, strict=True))]
     flat = flat_maps(cams.heatmaps)
-    page.text(f"Heatmaps of the predicted class over the first test image of each class, from "
-              f"the activation of layer '{cams.layer}' ({cams.grid[0]}x{cams.grid[1]} cells, "
-              f"input {size}x{size}). A flat map (its values span less than {FLAT:.0%} of the "
-              "scale, e.g. all zero: no cell raises the class score) is marked on its tile"
-              + (f"; {int(flat.sum())} here." if flat.any() else "."))
+    page.text(gradcam_text(cams, size, flat))
     page.image("gradcam", gradcam_figure(images, cams.heatmaps, titles, "Grad-CAM", flat=flat),
                "Grad-CAM heatmaps")
     return table
+
+
+def gradcam_text(cams: Any, size: int, flat: np.ndarray) -> str:
+    """The Grad-CAM section's text: the layer the maps come from and, when some of the maps
+    (``cams``: a :class:`automl.report.gradcam.GradCam`) are ``flat``, how many."""
+    from automl.report.gradcam import FLAT
+
+    return (f"Heatmaps of the predicted class over the first test image of each class, from "
+            f"the activation of layer '{cams.layer}' ({cams.grid[0]}x{cams.grid[1]} cells, "
+            f"input {size}x{size}). A flat map (its values span less than {FLAT:.0%} of the "
+            "scale, e.g. all zero: no cell raises the class score) is marked on its tile"
+            + (f"; {int(np.sum(flat))} here." if np.any(flat) else "."))
 
 
 def _calibration(page: _Page, test: TestEvaluation) -> None:

@@ -36,6 +36,7 @@ from automl.search.request import (
     validate,
 )
 from automl.space import SearchSpace, space_file
+from automl.trust.leakage import THUMBNAIL_THRESHOLD
 
 __all__ = ["DRIVERS", "KT_ALGORITHMS", "SearchRequest", "SearchSetup", "driver_label", "prepare",
            "run_search", "usable_backbones", "validate"]
@@ -126,7 +127,7 @@ def _prepare(req: SearchRequest, note: Callable[[str], None], early: Any) -> Sea
     space, _ = usable_backbones(space, resolver)
     data = load_data(req.data, val_split=req.val_split, test_split=req.test_split,
                      seed=req.run.seed)
-    _warn_leak(data)
+    _warn_leak(data, note)
     study, created = _open_study(req, data)
     artifacts = artifact_root(req.results, req.study, req.artifacts, study, req.storage,
                               record=True)
@@ -144,32 +145,51 @@ def _prepare(req: SearchRequest, note: Callable[[str], None], early: Any) -> Sea
     return SearchSetup(req, space, data, study, created, folder, artifacts, ctx)
 
 
-LEAK_SHARE = 0.01  # warn when at least this share of the test split has a twin in train
+LEAK_SHARE = 100  # warn when at least 1 in this many test images has a copy in train
 
 
-def leak_message(data: Any) -> str | None:
-    """What to warn when at least 1% of the test split is byte-identical to training images
-    (content hashes, computed at load: no TensorFlow), else None."""
-    twins = data.test_twins()
-    if data.test is None or twins < LEAK_SHARE * len(data.test) or twins == 0:
+def leak_message(data: Any, leaks: Any = None) -> str | None:
+    """What to warn when at least 1% of the test split copies training images, byte-identical
+    (content hashes) or nearly (grey thumbnails, :mod:`automl.data.twins`; no TensorFlow),
+    else None. ``leaks``: :func:`automl.data.twins.count_leaks` of ``data`` if counted already."""
+    from automl.data.twins import count_leaks
+
+    leaks = leaks if leaks is not None else count_leaks(data)
+    if leaks is None or leaks.copies == 0 or LEAK_SHARE * leaks.copies < leaks.images:
         return None
-    return (f"{twins} of the {len(data.test)} test images ({twins / len(data.test):.1%}) are "
-            "byte-identical to a training image, so the test accuracy is inflated; the splits "
-            "came with the data and are used as given. `automl inspect` lists them (and "
-            "near-duplicates).")
+    share = f"{leaks.copies / leaks.images:.1%}"
+    near = f"grey thumbnails with cosine >= {THUMBNAIL_THRESHOLD}: resized or re-encoded"
+    if not leaks.near:
+        what = "are byte-identical to a training image"
+    elif not leaks.exact:
+        what = f"are near copies of a training image ({near})"
+    else:
+        what = (f"copy a training image ({leaks.exact} byte-identical, {leaks.near} near "
+                f"copies: {near})")
+    given = ("automl carved the test split, keeping only byte-identical images together"
+             if "test" in data.carved else "the splits came with the data and are used as given")
+    return (f"{leaks.copies} of the {leaks.images} test images ({share}) {what}, so the test "
+            f"accuracy is inflated; {given}. `automl inspect` lists them.")
 
 
-def _warn_leak(data: Any) -> None:
-    """One ``warning:`` line (a DataWarning) for :func:`leak_message`, every run."""
+def _warn_leak(data: Any, note: Callable[[str], None]) -> None:
+    """One ``warning:`` line (a DataWarning) for :func:`leak_message`, every run; a ``note``
+    when near copies were not checked (too many image files to decode)."""
     import warnings
 
     from automl.data.load import DataWarning
+    from automl.data.twins import NEAR_FILES_MAX, NEAR_PIXELS_MAX, count_leaks
 
-    message = leak_message(data)
+    leaks = count_leaks(data)
+    message = leak_message(data, leaks)
     if message is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("always", DataWarning)  # every search says it, not only one
             warnings.warn(message, DataWarning, stacklevel=2)
+    if leaks is not None and leaks.near is None:
+        note(f"near copies of training images in the test split were not checked: too many "
+             f"image files to decode as the search starts (more than {NEAR_FILES_MAX} or "
+             f"{NEAR_PIXELS_MAX / 1e6:.0f} megapixels); `automl inspect` finds them")
 
 
 def _open_study(req: SearchRequest, data: Any) -> tuple[Any, bool]:
