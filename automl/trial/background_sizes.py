@@ -31,6 +31,7 @@ def serve(conn: Any, backbones: list[str], image_size: int, n_classes: int) -> N
         pass
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     quiet_tensorflow()
+    _silence()  # the converter's C++ runtime logs its own start-up lines; errors go by ``conn``
     from automl.trial import size_store
     from automl.trial.cost import convert_size
     from automl.trial.model import reset_keras
@@ -55,3 +56,12 @@ def serve(conn: Any, backbones: list[str], image_size: int, n_classes: int) -> N
         conn.send(None)
     except OSError:
         pass
+
+
+def _silence() -> None:
+    """Point this process's stdout and stderr at /dev/null: it shares the search's terminal,
+    and the converter prints to both from C++ (no Python setting reaches it)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
