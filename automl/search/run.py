@@ -83,8 +83,8 @@ def run_search(req: SearchRequest, echo: Callable[[str], None] = print,
     sizes = None
     try:
         _announce(setup, progress)
-        sizes = _background_sizes(setup)
-        _driver(req.driver).search(setup, _on_trial_end(setup, progress), progress)
+        sizes = setup.ctx.sizes = _background_sizes(setup)
+        _driver(req.driver).search(setup, _on_trial_end(setup, progress, sizes), progress)
         if sizes is not None:
             sizes.finish(setup.study, progress.note)
     finally:
@@ -231,13 +231,17 @@ def _background_sizes(setup: SearchSetup) -> Any:
     trials run. With limits (a size is needed before training) the trial worker converts.
     None: nothing to convert, or no trial to run."""
     from automl.search.drivers.optuna_driver import finished_count
-    from automl.search.sizes import BackgroundSizes
+    from automl.search.sizes import BackgroundSizes, fill, unsized
 
-    req = setup.req
-    if req.driver != "optuna" or req.limits.any or finished_count(setup.study) >= req.trials:
+    req, n = setup.req, len(setup.data.class_names)
+    if req.driver != "optuna" or req.limits.any:
         return None
+    fill(setup.study, n)  # sizes converted since an earlier run stopped
+    # no trial to run: only what an earlier run left blank (it was stopped while it waited)
+    backbones = (setup.space.backbones() if finished_count(setup.study) < req.trials
+                 else unsized(setup.study, n))
     smallest = min(int(s) for s in setup.space.params["image_size"].values())
-    return BackgroundSizes.start(setup.space.backbones(), smallest, len(setup.data.class_names))
+    return BackgroundSizes.start(backbones, smallest, n)
 
 
 def _announce(setup: SearchSetup, progress: SearchProgress) -> None:
@@ -271,14 +275,17 @@ def _driver(name: str) -> Any:
     return optuna_driver
 
 
-def _on_trial_end(setup: SearchSetup, progress: SearchProgress) -> Callable[[Any, Any], None]:
-    """After every trial: keep the best trials' weights, rewrite the leaderboard, report it."""
+def _on_trial_end(setup: SearchSetup, progress: SearchProgress,
+                  sizes: Any = None) -> Callable[[Any, Any], None]:
+    """After every trial: keep the best trials' weights, rewrite the leaderboard, report it
+    (with the ``.tflite`` sizes ``sizes``, the background conversions, sent since)."""
     from automl.search import leaderboard
     from automl.search.drivers.optuna_driver import finished_count
-    from automl.search.sizes import fill
 
     def on_trial_end(study: Any, trial: Any) -> None:
-        fill(study, len(setup.data.class_names))  # sizes converted in the background since
+        if sizes is not None:  # begun after the first trial: the first result comes first
+            sizes.begin()
+            sizes.fill(study)
         board = leaderboard.from_study(study, setup.artifacts)
         _keep_best_weights(board, setup.ctx.trials_dir, setup.req.run.keep_weights,
                            _in_use(study))
@@ -291,7 +298,9 @@ def _on_trial_end(setup: SearchSetup, progress: SearchProgress) -> Callable[[Any
 
 def _write_board(setup: SearchSetup) -> Any:
     from automl.search import leaderboard
+    from automl.search.sizes import fill
 
+    fill(setup.study, len(setup.data.class_names))  # sizes this machine converted meanwhile
     board = leaderboard.from_study(setup.study, setup.artifacts)
     leaderboard.write_csv(board, setup.folder / "leaderboard.csv")
     return board

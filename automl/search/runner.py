@@ -45,6 +45,7 @@ class DriverContext:
     trials_dir: Path
     runner: Any  # a TrialRunner
     limits: Any = None
+    sizes: Any = None  # automl.search.sizes.BackgroundSizes: paused while a latency is measured
 
 
 def execute(config: TrialConfig, ctx: DriverContext, number: int,

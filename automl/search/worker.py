@@ -221,13 +221,14 @@ class TrialWorker:
         # through the pipe a send would wait until the child has imported TensorFlow
         proc = context.Process(target=_child_main, args=(child, self._setup), daemon=True,
                                name="automl-trial-worker")
-        with sigint_deferred():  # Ctrl-C during the start acts once the worker has started
+        # Ctrl-C during the start acts once the worker has started and is known (stop() ends it)
+        with sigint_deferred():
             proc.start()
-        child.close()
-        self._proc, self._conn, self._ready = proc, parent, False
-        self._unsent = False
-        self._replace = False
-        self.started += 1
+            child.close()
+            self._proc, self._conn, self._ready = proc, parent, False
+            self._unsent = False
+            self._replace = False
+            self.started += 1
 
     def _send(self, msg: RunTrial | Decision | MeasureCost, number: int | None) -> None:
         try:

@@ -20,10 +20,14 @@ from automl.trial.child import die_with_parent, leave_ctrl_c_to_the_parent
 from automl.trial.quiet import quiet_tensorflow
 
 
-def serve(conn: Any, backbones: list[str], image_size: int, n_classes: int) -> None:
+def serve(conn: Any, backbones: list[str], image_size: int, n_classes: int,
+          parent: int | None = None) -> None:
     """Convert each backbone whose size this machine does not know; send one dict per backbone
-    (``backbone``, ``bytes`` or ``error``, ``seconds``: CPU seconds), then ``None``."""
+    (``backbone``, ``bytes`` or ``error``, ``seconds``: CPU seconds), then ``None``.
+    ``parent``: the search's process id (gone before :func:`die_with_parent` took effect: stop)."""
     die_with_parent()
+    if parent is not None and os.getppid() != parent:
+        return
     leave_ctrl_c_to_the_parent()
     try:
         os.nice(19)  # the trials come first

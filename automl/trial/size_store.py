@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from automl.atomic import write_atomic
 from automl.paths import automl_home
@@ -50,13 +51,26 @@ def known_bytes(backbone: str, n_classes: int) -> int | None:
 
 
 def remember(backbone: str, n_classes: int, nbytes: int) -> None:
-    """Keep a converted size (merged with what other processes kept meanwhile; a read-only home
-    just converts again next time)."""
-    known = _read()
-    known[_key(backbone, n_classes)] = int(nbytes)
+    """Keep a converted size, merged with what other processes keep (two search workers on one
+    machine convert at once: the read and the write hold a lock); a read-only home just
+    converts again next time."""
     store = store_path()
     try:
         store.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(store, lambda p: p.write_text(json.dumps(known, indent=1), encoding="utf-8"))
+        with open(store.with_suffix(".lock"), "a") as lock:
+            _lock(lock)
+            known = _read()
+            known[_key(backbone, n_classes)] = int(nbytes)
+            write_atomic(store, lambda p: p.write_text(json.dumps(known, indent=1),
+                                                       encoding="utf-8"))
     except OSError:
         pass
+
+
+def _lock(handle: Any) -> None:
+    """An exclusive lock on an open file until it is closed (POSIX; elsewhere none)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -323,9 +324,11 @@ def _limited(ctx: DriverContext) -> bool:
 def _measure_after(study: optuna.Study, ctx: DriverContext, config: TrialConfig) -> None:
     """Measure a trial's architecture once it has finished (kept in the study; the leaderboard
     reads it from there), so the first results are not held up by it; a failure is a warning."""
+    paused = ctx.sizes.paused() if ctx.sizes is not None else contextlib.nullcontext()
     try:
         # its .tflite size is converted in the background (automl.search.sizes), not here
-        trial_cost(study, ctx.runner, config, convert=False)
+        with paused:
+            trial_cost(study, ctx.runner, config, convert=False)
     except Exception as exc:
         log.warning("could not measure the serving cost of %s at %d px: %s", config.backbone,
                     config.image_size, exc)
